@@ -1,0 +1,115 @@
+"""Lake tables with atomic publication.
+
+A table is a folder ``<root>/<table>/`` holding immutable versions (``versions/<version>/``, Parquet, maybe
+partitioned) and a ``_CURRENT`` file naming the published one. Writers build a new version in
+``_staging/<run_id>/``; publishing renames it into ``versions/`` and then replaces ``_CURRENT`` with
+``os.replace`` -- atomic on a POSIX file system, so a reader sees the old version or the new one, never a
+half-written table, and a job killed at any point leaves the published version untouched.
+
+Each version carries ``_atelier.json`` (row count, columns, run id, time) so summaries need no Spark.
+Local and shared (POSIX-mounted) file systems only; object stores would need a table format (Delta, Iceberg).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CURRENT = "_CURRENT"
+MANIFEST = "_atelier.json"
+KEEP_VERSIONS = 2  # the published version and the one before it (for a quick rollback)
+
+
+class TableNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    version: str
+    path: str
+    rows: int
+    columns: list[str]
+    partition_by: list[str]
+    run_id: str
+    created_at: str
+
+
+def _safe(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:120]
+
+
+class Lake:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _table(self, name: str) -> Path:
+        return self.root / name
+
+    def staging_path(self, name: str, run_id: str) -> Path:
+        return self._table(name) / "_staging" / _safe(run_id)
+
+    def current_version(self, name: str) -> str | None:
+        try:
+            return (self._table(name) / CURRENT).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def path(self, name: str) -> str:
+        """The published version's folder (what readers pass to Spark)."""
+        version = self.current_version(name)
+        if version is None:
+            raise TableNotFound(f"lake table '{name}' has no published version under {self.root}")
+        return str(self._table(name) / "versions" / version)
+
+    def info(self, name: str) -> TableInfo:
+        path = Path(self.path(name))
+        manifest = json.loads((path / MANIFEST).read_text())
+        return TableInfo(name=name, version=path.name, path=str(path), **manifest)
+
+    def tables(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / CURRENT).exists())
+
+    def write_manifest(self, staged: Path, *, rows: int, columns: list[str], partition_by: list[str],
+                       run_id: str) -> None:
+        manifest = {"rows": rows, "columns": columns, "partition_by": partition_by, "run_id": run_id,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    def publish(self, name: str, run_id: str) -> str:
+        """Make the staged data of `run_id` the table's published version. Returns the version id."""
+        staged = self.staging_path(name, run_id)
+        if not (staged / MANIFEST).exists():
+            raise TableNotFound(f"nothing staged for lake table '{name}' by run '{run_id}' ({staged})")
+        version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{_safe(run_id)}"
+        versions = self._table(name) / "versions"
+        versions.mkdir(parents=True, exist_ok=True)
+        target = versions / version
+        os.rename(staged, target)
+        pointer_tmp = self._table(name) / f".{CURRENT}.{os.getpid()}"
+        pointer_tmp.write_text(version + "\n")
+        with open(pointer_tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(pointer_tmp, self._table(name) / CURRENT)
+        self._collect_garbage(name)
+        return version
+
+    def discard_staging(self, name: str, run_id: str) -> None:
+        shutil.rmtree(self.staging_path(name, run_id), ignore_errors=True)
+
+    def _collect_garbage(self, name: str) -> None:
+        versions = self._table(name) / "versions"
+        current = self.current_version(name)
+        ordered = sorted((p for p in versions.iterdir() if p.is_dir()), key=lambda p: p.name)
+        keep = {p.name for p in ordered[-KEEP_VERSIONS:]} | {current}
+        for old in ordered:
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)

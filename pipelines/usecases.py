@@ -1,0 +1,238 @@
+"""Use cases as data: a folder of YAML spec files, loaded into typed, validated objects.
+
+A use case folder holds ``usecase.yaml`` (name, description), ``entities.yaml``, ``sources.yaml`` (lake tables:
+source, explicit schema, derived columns, partitioning, expectation suite) and the files later stages read
+(``features.yaml``, ``model.yaml``, ``rules.yaml``, ``slas.yaml``, ``monitoring.yaml``). A spec error names the
+file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SPARK_TYPES = ("string", "int", "bigint", "double", "boolean", "date", "timestamp")
+IDENTIFIER = r"^[a-z][a-z0-9_]*$"
+
+
+class SpecError(ValueError):
+    """A use-case spec is invalid; the message names the file, the key and the reason."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Entity(_Spec):
+    keys: list[str] = Field(min_length=1)
+    description: str = ""
+
+
+class PythonSource(_Spec):
+    """A pandas DataFrame exposed by an installed module, as ``module:attribute``."""
+
+    kind: Literal["python"]
+    object: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class FileSource(_Spec):
+    kind: Literal["csv", "parquet"]
+    path: str
+
+
+# Derived columns: each is a mapping with exactly one kind.
+class LookupSpec(_Spec):
+    table: str
+    key: str
+    match: str  # the column of this table whose value is looked up (YAML reads `on` as a boolean)
+    column: str
+
+
+class TimezoneSpec(_Spec):
+    lookup: LookupSpec
+    fallback: dict[str, str] = Field(default_factory=dict)
+
+
+class LocalTimeSpec(_Spec):
+    date: tuple[str, str, str]
+    hhmm: str
+
+
+class Derivation(_Spec):
+    """Exactly one of the fields below (plus the modifiers of local_time)."""
+
+    utc_timestamp: str | None = None
+    date_parts: tuple[str, str, str] | None = None
+    local_time: LocalTimeSpec | None = None
+    timezone: str | TimezoneSpec | None = None
+    not_before: str | None = None
+    add_minutes: tuple[str, str] | None = None
+    concat: list[str] | None = None
+    sep: str = "_"
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Derivation:
+        kinds = [k for k in ("utc_timestamp", "date_parts", "local_time", "add_minutes", "concat")
+                 if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a derived column needs exactly one of utc_timestamp, date_parts, local_time, "
+                             f"add_minutes, concat (got {kinds or 'none'})")
+        if (self.timezone is not None or self.not_before is not None) and self.local_time is None:
+            raise ValueError("timezone and not_before only apply to local_time")
+        if self.local_time is not None and self.timezone is None:
+            raise ValueError("local_time needs a timezone (a zone name or a lookup)")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("utc_timestamp", "date_parts", "local_time", "add_minutes", "concat")
+                    if getattr(self, k) is not None)
+
+    def inputs(self) -> list[str]:
+        """Columns of the same table this derivation reads."""
+        if self.utc_timestamp:
+            return [self.utc_timestamp]
+        if self.date_parts:
+            return list(self.date_parts)
+        if self.local_time:
+            cols = [*self.local_time.date, self.local_time.hhmm]
+            if isinstance(self.timezone, TimezoneSpec):
+                cols.append(self.timezone.lookup.match)
+            if self.not_before:
+                cols.append(self.not_before)
+            return cols
+        if self.add_minutes:
+            return list(self.add_minutes)
+        return list(self.concat or [])
+
+
+class TableSpec(_Spec):
+    source: PythonSource | FileSource = Field(discriminator="kind")
+    key: list[str] = Field(min_length=1)
+    columns: dict[str, Literal["string", "int", "bigint", "double", "boolean", "date", "timestamp"]]
+    derive: dict[str, Derivation] = Field(default_factory=dict)
+    drop: list[str] = Field(default_factory=list)
+    partition_by: list[str] = Field(default_factory=list)
+    expectations: str | None = None
+
+    @property
+    def output_columns(self) -> list[str]:
+        names = [*self.columns, *self.derive]
+        return [c for c in names if c not in self.drop]
+
+
+class SourcesSpec(_Spec):
+    tables: dict[str, TableSpec] = Field(min_length=1)
+
+
+class UseCase(_Spec):
+    name: str = Field(pattern=IDENTIFIER)
+    description: str = ""
+    owner: str = ""
+    path: Path
+    entities: dict[str, Entity]
+    sources: SourcesSpec
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """The later stages' raw spec files (features, model, rules, slas, monitoring), by file stem."""
+
+    @cached_property
+    def tables(self) -> dict[str, TableSpec]:
+        return dict(self.sources.tables)
+
+
+LATER_STAGE_FILES = ("features", "model", "rules", "slas", "monitoring")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file missing") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def _errors(path: Path, exc: ValidationError, prefix: tuple[str, ...] = ()) -> SpecError:
+    lines = [f"invalid use-case spec {path}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (*prefix, *err["loc"])) or "<root>"
+        reason = "unknown key (not allowed)" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  - {loc}: {reason}")
+    return SpecError("\n".join(lines))
+
+
+def _check_references(path: Path, sources: SourcesSpec) -> None:
+    """Cross-field checks: derivations name known columns, lookups name earlier tables, keys exist."""
+    problems: list[str] = []
+    seen_tables: dict[str, TableSpec] = {}
+    for tname, table in sources.tables.items():
+        available = set(table.columns)
+        for dname, deriv in table.derive.items():
+            if dname in table.columns:
+                problems.append(f"tables.{tname}.derive.{dname}: shadows a source column")
+            for col in deriv.inputs():
+                if col not in available:
+                    problems.append(f"tables.{tname}.derive.{dname}: unknown column '{col}'")
+            if isinstance(deriv.timezone, TimezoneSpec):
+                lk = deriv.timezone.lookup
+                other = seen_tables.get(lk.table)
+                if other is None:
+                    problems.append(f"tables.{tname}.derive.{dname}: lookup table '{lk.table}' must be listed "
+                                    "before this table")
+                else:
+                    for col in (lk.key, lk.column):
+                        if col not in other.output_columns:
+                            problems.append(f"tables.{tname}.derive.{dname}: '{lk.table}' has no column '{col}'")
+            available.add(dname)
+        for col in table.drop:
+            if col not in available:
+                problems.append(f"tables.{tname}.drop: unknown column '{col}'")
+        for field in ("key", "partition_by"):
+            for col in getattr(table, field):
+                if col not in table.output_columns:
+                    problems.append(f"tables.{tname}.{field}: unknown column '{col}'")
+        seen_tables[tname] = table
+    if problems:
+        raise SpecError(f"invalid use-case spec {path}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def load_usecase(folder: Path) -> UseCase:
+    """Load and validate one use-case folder."""
+    if not folder.is_dir():
+        raise SpecError(f"use case folder {folder} does not exist")
+    head = _read_yaml(folder / "usecase.yaml")
+    entities_raw = _read_yaml(folder / "entities.yaml").get("entities", {})
+    sources_path = folder / "sources.yaml"
+    try:
+        sources = SourcesSpec.model_validate(_read_yaml(sources_path))
+    except ValidationError as exc:
+        raise _errors(sources_path, exc) from None
+    _check_references(sources_path, sources)
+    extra = {stem: _read_yaml(folder / f"{stem}.yaml") for stem in LATER_STAGE_FILES
+             if (folder / f"{stem}.yaml").exists()}
+    try:
+        return UseCase.model_validate({**head, "path": folder, "entities": entities_raw, "sources": sources,
+                                       "extra": extra})
+    except ValidationError as exc:
+        raise _errors(folder / "usecase.yaml", exc) from None
+
+
+def list_usecases(usecases_dir: Path) -> list[str]:
+    return sorted(p.name for p in usecases_dir.iterdir() if (p / "usecase.yaml").exists())
+
+
+def get_usecase(name: str, usecases_dir: Path) -> UseCase:
+    folder = usecases_dir / name
+    if not (folder / "usecase.yaml").exists():
+        known = ", ".join(list_usecases(usecases_dir)) if usecases_dir.is_dir() else "none"
+        raise SpecError(f"unknown use case '{name}' (known: {known})")
+    return load_usecase(folder)

@@ -1,0 +1,39 @@
+"""Submit one of Atelier's Spark jobs (a module under `pipelines/jobs/`) with the profile's Spark settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+import pipelines.jobs
+from pipelines.config import get_settings
+from pipelines.spark import python_env, spark_conf
+
+
+class AtelierSparkJobOperator(SparkSubmitOperator):
+    """`spark-submit pipelines/jobs/<job>.py <args>` through the Spark provider.
+
+    The master comes from the Airflow connection (`spark.conn_id` in the profile: local[N] by default, a
+    cluster master in the `cluster` profile); Spark properties and the workers' Python come from the profile.
+    `job_args` is templated (use `{{ run_id }}`, `{{ data_interval_start }}`, `{{ params.x }}`).
+    """
+
+    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "job_args")
+
+    def __init__(self, *, job: str, job_args: list[str] | None = None, **kwargs: Any) -> None:
+        settings = get_settings()
+        application = str((next(iter(pipelines.jobs.__path__)) + f"/{job}.py"))
+        kwargs.setdefault("conn_id", settings.spark.conn_id)
+        kwargs.setdefault("conf", spark_conf(settings))
+        kwargs.setdefault("driver_memory", settings.spark.driver_memory)
+        kwargs.setdefault("name", f"atelier-{job}")
+        kwargs.setdefault("env_vars", {**python_env(), "ATELIER_PROFILE": settings.profile})
+        super().__init__(application=application, **kwargs)
+        self.job = job
+        self.job_args = job_args or []
+
+    def execute(self, context: Any) -> Any:
+        self.application_args = list(self.job_args)
+        return super().execute(context)

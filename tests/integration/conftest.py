@@ -1,0 +1,42 @@
+"""Real services for integration tests: started once per session with the test profile, stopped at the end.
+
+A service that was already running (ours, from an earlier session) is reused and left running.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.services import Supervisor, service_module
+
+
+def _start(settings, name):
+    module = service_module(name)
+    module.ensure_installed(settings)
+    spec = module.build_spec(settings)
+    supervisor = Supervisor(settings.run_dir)
+    was_running = supervisor.status(spec).state == "running"
+    supervisor.up(spec)
+    return supervisor, spec, was_running
+
+
+@pytest.fixture(scope="session")
+def supervisor(settings):
+    return Supervisor(settings.run_dir)
+
+
+def _service_fixture(name):
+    @pytest.fixture(scope="session")
+    def fixture(settings):
+        supervisor, spec, was_running = _start(settings, name)
+        yield spec
+        if not was_running:
+            supervisor.down(spec)
+
+    return fixture
+
+
+cassandra_service = _service_fixture("cassandra")
+mlflow_service = _service_fixture("mlflow")
+triton_service = _service_fixture("triton")
+airflow_service = _service_fixture("airflow")
