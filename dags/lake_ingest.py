@@ -9,7 +9,8 @@ A violation fails `validate` with a readable report (also saved under
 `<home>/reports/<usecase>/lake_ingest/<run_id>/validation.txt`); nothing is published, the lake keeps its
 previous version. Re-running a run id gives the same tables.
 
-Params: `usecase` (a folder under `config/usecases/`).
+Runs on demand (the Airflow UI's trigger form, `atelier dags trigger lake_ingest`, or the REST API):
+the sources of the first use case are snapshots. Params: `usecase` (a folder under `config/usecases/`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ with DAG(
     dag_id="lake_ingest",
     description="Stage, validate and publish a use case's lake tables",
     doc_md=__doc__,
-    schedule="@daily",
+    schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         spark.stop()
 
 
-def _expected_failures() -> tuple[type[BaseException], ...]:
+def expected_failures() -> tuple[type[BaseException], ...]:
     from pipelines.lake.ingest import NotValidated
     from pipelines.lake.transform import SourceError
     from pipelines.quality.expectations import SuiteError, ValidationFailed
@@ -49,4 +49,4 @@ def _expected_failures() -> tuple[type[BaseException], ...]:
 
 
 if __name__ == "__main__":
-    run_job(main, _expected_failures())
+    run_job(main, expected_failures())

@@ -190,12 +190,22 @@ class Supervisor:
         os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + spec.stop_timeout_s
         while time.monotonic() < deadline and _group_alive(pgid):
+            _reap(pid)
             time.sleep(0.2)
         if _group_alive(pgid):
             os.killpg(pgid, signal.SIGKILL)
             time.sleep(0.2)
+        _reap(pid)
         pid_path.unlink(missing_ok=True)
         return True
+
+
+def _reap(pid: int) -> None:
+    """Collect our child's exit status if this process started it (else it lingers as a zombie)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def _group_alive(pgid: int) -> bool:

@@ -1,0 +1,228 @@
+"""`atelier`: the platform's command line.
+
+    atelier [--profile P] bootstrap [SERVICE...]      install what the local services need
+    atelier [--profile P] services up|down|status [SERVICE...]
+    atelier [--profile P] lake ingest --usecase U     stage, validate, publish in one process (no Airflow)
+    atelier [--profile P] lake show [--usecase U]     published tables, versions, row counts
+    atelier [--profile P] dags trigger DAG_ID [--conf JSON]   through Airflow's REST API, waiting for the end
+    atelier [--profile P] airflow ARGS...             the airflow CLI, with Atelier's Airflow environment
+    atelier [--profile P] config                      the effective settings
+    atelier [--profile P] demo                        the main job on embedded defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from pipelines.config import ConfigError, Settings, load_settings
+from pipelines.orchestration import AirflowApiError
+from pipelines.services import ServiceError, Supervisor, managed_services
+from pipelines.usecases import SpecError, get_usecase, list_usecases
+
+
+class CliError(RuntimeError):
+    pass
+
+
+def _services(settings: Settings, names: list[str]):
+    services = managed_services(settings, names or None)
+    if not services:
+        print(f"profile '{settings.profile}' manages no local services (all are external).")
+    return services
+
+
+def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> None:
+    for service in _services(settings, args.names):
+        started = time.monotonic()
+        service.ensure_installed(settings)
+        print(f"  {service.name:<10} installed ({time.monotonic() - started:.1f} s)")
+
+
+def cmd_services(settings: Settings, args: argparse.Namespace) -> None:
+    supervisor = Supervisor(settings.run_dir)
+    services = _services(settings, args.names)
+    if args.action == "down":
+        services = list(reversed(services))
+    for service in services:
+        if args.action == "up":
+            service.ensure_installed(settings)
+            started = time.monotonic()
+            status = supervisor.up(service.build_spec(settings))
+            print(f"  {status.name:<10} {status.state:<9} pid {status.pid}  {status.detail} "
+                  f"({time.monotonic() - started:.1f} s)")
+        elif args.action == "down":
+            stopped = supervisor.down(service.build_spec(settings))
+            print(f"  {service.name:<10} {'stopped' if stopped else 'was not running'}")
+        else:
+            status = supervisor.status(service.build_spec(settings))
+            print(f"  {status.name:<10} {status.state:<9} {('pid ' + str(status.pid)) if status.pid else ''}  "
+                  f"{status.detail}")
+    if args.action != "status":
+        print(f"  logs and pid files: {settings.run_dir}")
+
+
+def cmd_lake(settings: Settings, args: argparse.Namespace) -> None:
+    from pipelines.lake import ingest
+
+    usecase = get_usecase(args.usecase or _default_usecase(settings), settings.usecases_path)
+    if args.action == "ingest":
+        from pipelines.jobs.lake_ingest import expected_failures
+        from pipelines.jobs.lake_ingest import main as ingest_main
+
+        run_id = args.run_id or f"cli__{time.strftime('%Y%m%dT%H%M%S')}"
+        try:
+            ingest_main(["all", "--usecase", usecase.name, "--run-id", run_id, "--profile", settings.profile,
+                         *[f"--source={s}" for s in args.source]])
+        except expected_failures() as exc:
+            raise CliError(f"lake ingest failed, nothing was published:\n{exc}") from None
+    _print_lake(settings, ingest.summary(settings, usecase))
+
+
+def _print_lake(settings: Settings, infos) -> None:
+    if not infos:
+        print(f"  the lake at {settings.lake_root} has no published tables yet")
+        return
+    print(f"  lake: {settings.lake_root}")
+    for info in infos:
+        parts = f"partitioned by {', '.join(info.partition_by)}" if info.partition_by else "unpartitioned"
+        print(f"  {info.name:<10} {info.rows:>9,} rows  {parts:<30} version {info.version}")
+
+
+def _default_usecase(settings: Settings) -> str:
+    names = list_usecases(settings.usecases_path)
+    if not names:
+        raise CliError(f"no use cases under {settings.usecases_path}")
+    return names[0]
+
+
+def _airflow_client(settings: Settings):
+    from pipelines.orchestration import AirflowClient
+    from pipelines.services.airflow import ADMIN_USER, admin_password
+
+    password = os.environ.get("ATELIER_AIRFLOW_PASSWORD") or admin_password(settings)
+    if not password:
+        raise CliError("no Airflow password: start Airflow with `atelier services up airflow` "
+                       "(it generates one) or set ATELIER_AIRFLOW_PASSWORD")
+    cfg = settings.airflow
+    return AirflowClient(f"http://{cfg.host}:{cfg.port}", os.environ.get("ATELIER_AIRFLOW_USER", ADMIN_USER), password)
+
+
+def trigger_and_wait(settings: Settings, dag_id: str, conf: dict) -> None:
+    client = _airflow_client(settings)
+    client.wait_for_dag(dag_id)
+    run_id = client.trigger(dag_id, conf)
+    client.set_paused(dag_id, False)
+    print(f"  triggered {dag_id} run {run_id}; waiting (follow it in the UI at "
+          f"http://{settings.airflow.host}:{settings.airflow.port}/dags/{dag_id})")
+    result = client.wait_for_run(dag_id, run_id)
+    if result.state != "success":
+        logs = settings.home_path / "airflow" / "logs"
+        raise CliError(f"{dag_id} run {run_id} {result.state} (failed tasks: {', '.join(result.failed_tasks)}); "
+                       f"task logs under {logs} and in the UI")
+    print(f"  {dag_id} run {run_id} succeeded in {result.seconds:.0f} s")
+
+
+def cmd_dags(settings: Settings, args: argparse.Namespace) -> None:
+    try:
+        conf = json.loads(args.conf)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--conf is not valid JSON: {exc}") from None
+    trigger_and_wait(settings, args.dag_id, conf)
+
+
+def cmd_airflow(settings: Settings, args: argparse.Namespace) -> None:
+    from pipelines.services.airflow import airflow_env
+
+    env = {**os.environ, **airflow_env(settings)}
+    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+    os.execve(airflow, [airflow, *args.airflow_args], env)
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> None:
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    usecase = get_usecase(args.usecase or _default_usecase(settings), settings.usecases_path)
+    print(f"Atelier demo: profile '{settings.profile}', use case '{usecase.name}'")
+    print("1. services")
+    cmd_services(settings, argparse.Namespace(action="up", names=[]))
+    print("2. lake ingest through Airflow (stage -> validate with Great Expectations -> publish)")
+    trigger_and_wait(settings, "lake_ingest", {"usecase": usecase.name})
+    print("3. the lake")
+    from pipelines.lake import ingest
+
+    _print_lake(settings, ingest.summary(settings, usecase))
+    reports = sorted((settings.home_path / "reports" / usecase.name / "lake_ingest").glob("*/validation.txt"),
+                     key=lambda p: p.stat().st_mtime)
+    if reports:
+        print(f"  validation report: {reports[-1]}")
+    print("4. where things are")
+    supervisor = Supervisor(settings.run_dir)
+    for service in managed_services(settings):
+        status = supervisor.status(service.build_spec(settings))
+        print(f"  {status.name:<10} {status.state:<9} {status.detail}")
+    print(f"done in {time.monotonic() - started:.0f} s. Services keep running; stop them with `make down`.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atelier", description="Atelier ML platform")
+    parser.add_argument("--profile", help="settings profile: local (default), test, cluster, ... "
+                        "(or set ATELIER_PROFILE / ATELIER_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("bootstrap", help="install what the local services need")
+    p.add_argument("names", nargs="*")
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("services", help="start, stop or show the local services")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("names", nargs="*")
+    p.set_defaults(func=cmd_services)
+
+    p = sub.add_parser("lake", help="ingest or show the lake")
+    p.add_argument("action", choices=["ingest", "show"])
+    p.add_argument("--usecase")
+    p.add_argument("--run-id")
+    p.add_argument("--source", action="append", default=[], metavar="TABLE=PATH")
+    p.set_defaults(func=cmd_lake)
+
+    p = sub.add_parser("dags", help="trigger a DAG through Airflow's REST API and wait for it")
+    p.add_argument("action", choices=["trigger"])
+    p.add_argument("dag_id")
+    p.add_argument("--conf", default="{}")
+    p.set_defaults(func=cmd_dags)
+
+    p = sub.add_parser("airflow", help="run the airflow CLI with Atelier's Airflow environment")
+    p.add_argument("airflow_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_airflow)
+
+    p = sub.add_parser("config", help="print the effective settings")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("demo", help="the main job on embedded defaults")
+    p.add_argument("--usecase")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(profile=args.profile) if args.profile else load_settings()
+        if args.profile:
+            os.environ["ATELIER_PROFILE"] = args.profile
+        args.func(settings, args)
+    except (ConfigError, SpecError, ServiceError, AirflowApiError, CliError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

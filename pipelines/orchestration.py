@@ -1,0 +1,88 @@
+"""A small client for Airflow's REST API (v2): trigger a DAG run the way a user or an alert would, and wait.
+
+Authenticates with the simple auth manager's token endpoint; the password is read from the file Airflow
+generated (local profiles) or given by the caller. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+
+class AirflowApiError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunResult:
+    dag_id: str
+    run_id: str
+    state: str
+    failed_tasks: list[str]
+    seconds: float
+
+
+class AirflowClient:
+    def __init__(self, base_url: str, username: str, password: str, timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._token = self._login(username, password)
+
+    def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if auth:
+            request.add_header("Authorization", f"Bearer {self._token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
+        except urllib.error.URLError as exc:
+            raise AirflowApiError(f"{method} {path}: Airflow is not reachable at {self.base_url}: {exc.reason}") from None
+        return json.loads(raw) if raw else None
+
+    def _login(self, username: str, password: str) -> str:
+        self._token = ""
+        answer = self._request("POST", "/auth/token", {"username": username, "password": password}, auth=False)
+        return str(answer["access_token"])
+
+    def wait_for_dag(self, dag_id: str, timeout_s: float = 180.0) -> None:
+        """Wait until the DAG processor has parsed `dag_id` (it is then known to the API)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._request("GET", f"/api/v2/dags/{dag_id}")
+                return
+            except AirflowApiError as exc:
+                if "HTTP 404" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(2)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        answer = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
+        return str(answer["dag_run_id"])
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = 900.0) -> RunResult:
+        started = time.monotonic()
+        quoted = urllib.request.quote(run_id, safe="")
+        while True:
+            run = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}")
+            if run["state"] in ("success", "failed"):
+                break
+            if time.monotonic() - started > timeout_s:
+                raise AirflowApiError(f"{dag_id} run {run_id} still {run['state']} after {timeout_s:.0f} s")
+            time.sleep(3)
+        tasks = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")
+        failed = [t["task_id"] for t in tasks.get("task_instances", []) if t.get("state") in ("failed", "upstream_failed")]
+        return RunResult(dag_id, run_id, run["state"], failed, time.monotonic() - started)
