@@ -73,6 +73,10 @@ def apply_schema(name: str, raw: DataFrame, spec: TableSpec) -> DataFrame:
         return col.isNotNull() & ~F.isnan(col) if dtype in ("double", "float") else col.isNotNull()
 
     def typed_column(c: str, t: str) -> Column:
+        if t in ("int", "bigint") and raw_types[c] in ("string", "double", "float"):
+            # "517.0" (text files written from float columns) is the integer 517; 517.5 is not an integer.
+            number = F.col(c).try_cast("double")
+            return F.when(~F.isnan(number) & (number == F.floor(number)), number.try_cast(t))
         value = F.col(c).try_cast(t)
         return F.when(F.isnan(value), F.lit(None)).otherwise(value) if t == "double" else value
 

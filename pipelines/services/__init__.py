@@ -38,6 +38,9 @@ class ManagedService:
 def managed_services(settings: Settings, names: list[str] | tuple[str, ...] | None = None) -> list[ManagedService]:
     """The services this profile runs itself, in start order (services with managed: false are skipped)."""
     selected = list(names) if names else list(SERVICE_NAMES)
+    unknown = [n for n in selected if n not in SERVICE_NAMES]
+    if unknown:
+        raise ServiceError(f"unknown service '{unknown[0]}' (known: {', '.join(SERVICE_NAMES)})")
     result = []
     for name in SERVICE_NAMES:
         if name not in selected:
@@ -46,7 +49,4 @@ def managed_services(settings: Settings, names: list[str] | tuple[str, ...] | No
             continue
         module = service_module(name)
         result.append(ManagedService(name, module.ensure_installed, module.build_spec))
-    unknown = set(selected) - set(SERVICE_NAMES)
-    if unknown:
-        raise ServiceError(f"unknown service(s) {', '.join(sorted(unknown))} (known: {', '.join(SERVICE_NAMES)})")
     return result

@@ -40,3 +40,20 @@ cassandra_service = _service_fixture("cassandra")
 mlflow_service = _service_fixture("mlflow")
 triton_service = _service_fixture("triton")
 airflow_service = _service_fixture("airflow")
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    """One local Spark session for the whole test session (the profile's master, UTC)."""
+    from pipelines.spark import get_spark
+
+    session = get_spark(settings, "atelier-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def usecase(settings):
+    from pipelines.usecases import get_usecase
+
+    return get_usecase("flights_eta", settings.usecases_path)

@@ -1,0 +1,53 @@
+"""The `atelier` command: readable errors (exit 2, no traceback) and the commands that need no services."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def atelier(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "ATELIER_PROFILE": "test", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_config_prints_effective_settings():
+    out = atelier("config", env_extra={"ATELIER__CASSANDRA__PORT": "19999"})
+    assert out.returncode == 0, out.stderr
+    settings = json.loads(out.stdout)
+    assert settings["profile"] == "test"
+    assert settings["cassandra"]["port"] == 19999
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--profile", "nope", "config"], {}, "unknown profile 'nope'"),
+    (["config"], {"ATELIER__CASSANDRA__PORT": "notaport"}, "cassandra.port"),
+    (["config"], {"ATELIER__SPARK__BOGUS": "1"}, "spark.bogus: unknown key"),
+    (["services", "status", "nosuchservice"], {}, "unknown service 'nosuchservice'"),
+    (["lake", "show", "--usecase", "nosuchusecase"], {}, "unknown use case 'nosuchusecase' (known: flights_eta)"),
+    (["dags", "trigger", "lake_ingest", "--conf", "{not json"], {}, "--conf is not valid JSON"),
+])
+def test_user_mistakes_are_clear_errors(args, env, message):
+    out = atelier(*args, env_extra=env)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_status_of_stopped_services_in_a_fresh_home(tmp_path):
+    out = atelier("services", "status", env_extra={"ATELIER__HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line.split()[1] for line in out.stdout.splitlines()}
+    assert lines == {"cassandra": "stopped", "mlflow": "stopped", "triton": "stopped", "airflow": "stopped"}
+
+
+def test_cluster_profile_manages_no_local_services():
+    out = atelier("--profile", "cluster", "services", "status")
+    assert out.returncode == 0, out.stderr
+    assert "manages no local services" in out.stdout
