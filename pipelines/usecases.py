@@ -186,8 +186,9 @@ def _check_references(path: Path, sources: SourcesSpec) -> None:
                 lk = deriv.timezone.lookup
                 other = seen_tables.get(lk.table)
                 if other is None:
-                    problems.append(f"tables.{tname}.derive.{dname}: lookup table '{lk.table}' must be listed "
-                                    "before this table")
+                    where = ("must be listed before this table" if lk.table in sources.tables
+                             else f"is not a table of this use case ({', '.join(sources.tables)})")
+                    problems.append(f"tables.{tname}.derive.{dname}: lookup table '{lk.table}' {where}")
                 else:
                     for col in (lk.key, lk.column):
                         if col not in other.output_columns:

@@ -12,6 +12,7 @@ Local and shared (POSIX-mounted) file systems only; object stores would need a t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CURRENT = "_CURRENT"
+PREVIOUS = "_PREVIOUS"
 MANIFEST = "_atelier.json"
-KEEP_VERSIONS = 2  # the published version and the one before it (for a quick rollback)
+KEEP_VERSIONS = 2  # the published version and the one published before it (for a quick rollback)
 
 
 class TableNotFound(LookupError):
@@ -85,31 +87,55 @@ class Lake:
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
     def publish(self, name: str, run_id: str) -> str:
-        """Make the staged data of `run_id` the table's published version. Returns the version id."""
+        """Make the staged data of `run_id` the table's published version. Returns the version id.
+
+        Version ids carry a sequence number, so they follow publication order and never collide (a re-run of
+        the same run id publishes a new version). Publishers of one table are serialised by a file lock.
+        """
         staged = self.staging_path(name, run_id)
         if not (staged / MANIFEST).exists():
             raise TableNotFound(f"nothing staged for lake table '{name}' by run '{run_id}' ({staged})")
-        version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{_safe(run_id)}"
-        versions = self._table(name) / "versions"
+        table = self._table(name)
+        versions = table / "versions"
         versions.mkdir(parents=True, exist_ok=True)
-        target = versions / version
-        os.rename(staged, target)
-        pointer_tmp = self._table(name) / f".{CURRENT}.{os.getpid()}"
-        pointer_tmp.write_text(version + "\n")
-        with open(pointer_tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(pointer_tmp, self._table(name) / CURRENT)
-        self._collect_garbage(name)
+        with open(table / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            previous = self.current_version(name)
+            sequence = max((_sequence(p.name) for p in versions.iterdir()), default=0) + 1
+            version = f"v{sequence:06d}-{_safe(run_id)}"
+            os.rename(staged, versions / version)
+            if previous:
+                _atomic_write(table / PREVIOUS, previous)
+            _atomic_write(table / CURRENT, version)
+            self._collect_garbage(name)
         return version
 
     def discard_staging(self, name: str, run_id: str) -> None:
         shutil.rmtree(self.staging_path(name, run_id), ignore_errors=True)
 
     def _collect_garbage(self, name: str) -> None:
-        versions = self._table(name) / "versions"
-        current = self.current_version(name)
-        ordered = sorted((p for p in versions.iterdir() if p.is_dir()), key=lambda p: p.name)
-        keep = {p.name for p in ordered[-KEEP_VERSIONS:]} | {current}
-        for old in ordered:
-            if old.name not in keep:
+        """Keep the published version and the one published before it (a quick rollback); drop the rest,
+        including versions a crashed publisher renamed into place but never made current."""
+        table = self._table(name)
+        keep = {self.current_version(name)}
+        try:
+            keep.add((table / PREVIOUS).read_text().strip())
+        except FileNotFoundError:
+            pass
+        for old in (table / "versions").iterdir():
+            if old.is_dir() and old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _sequence(version: str) -> int:
+    match = re.match(r"^v(\d+)-", version)
+    return int(match.group(1)) if match else 0
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(text + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -171,7 +171,7 @@ class Supervisor:
             time.sleep(0.5)
         self.down(spec)
         raise ServiceError(
-            f"{spec.name} did not become healthy within {spec.start_timeout_s:.0f} s (last check: {last_error}); "
+            f"{spec.name} did not become healthy within {spec.start_timeout_s:g} s (last check: {last_error}); "
             f"it was stopped. See {self.log_path(spec.name)}:\n{tail(self.log_path(spec.name))}"
         )
 
