@@ -110,6 +110,10 @@ class Derivation(_Spec):
         return list(self.concat or [])
 
 
+DERIVED_TYPES = {"utc_timestamp": "timestamp", "date_parts": "date", "local_time": "timestamp",
+                 "add_minutes": "timestamp", "concat": "string"}
+
+
 class TableSpec(_Spec):
     source: PythonSource | FileSource = Field(discriminator="kind")
     key: list[str] = Field(min_length=1)
@@ -123,6 +127,12 @@ class TableSpec(_Spec):
     def output_columns(self) -> list[str]:
         names = [*self.columns, *self.derive]
         return [c for c in names if c not in self.drop]
+
+    @property
+    def output_schema(self) -> dict[str, str]:
+        """Column -> lake type of the published table (source columns and derived ones)."""
+        types = {**self.columns, **{name: DERIVED_TYPES[d.kind] for name, d in self.derive.items()}}
+        return {c: types[c] for c in self.output_columns}
 
 
 class SourcesSpec(_Spec):
