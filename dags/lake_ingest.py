@@ -20,13 +20,12 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param, task
 
 from pipelines.config import get_settings
-from pipelines.usecases import get_usecase, list_usecases
 from plugins.assets import lake_table
 from plugins.operators.spark_job import AtelierSparkJobOperator
+from plugins.usecases import usecases
 
-USECASES = list_usecases(get_settings().usecases_path)
-# Spec files only (YAML + pydantic, milliseconds): the tables any use case publishes.
-TABLES = sorted({t for u in USECASES for t in get_usecase(u, get_settings().usecases_path).tables})
+USECASES = list(usecases())
+TABLES = sorted({t for u in usecases().values() for t in u.tables})
 JOB_ARGS = ["--usecase", "{{ params.usecase }}", "--run-id", "{{ run_id }}"]
 
 with DAG(

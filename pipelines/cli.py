@@ -146,6 +146,50 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> None:
     print(json.dumps(settings.model_dump(mode="json"), indent=2))
 
 
+# The flights data ends on 2013-12-31: the demo materializes its last week, judged as of its end.
+DEMO_FEATURE_WINDOW = ("2013-12-24", "2013-12-31")
+
+
+def _print_online_sample(settings: Settings, usecase) -> None:
+    from pipelines.featurestore.materialize import online_view_name
+    from pipelines.featurestore.spec import load_feature_set
+    from pipelines.jobs.features import parse_time
+    from pipelines.stores.online import get_online_store
+
+    features = load_feature_set(usecase)
+    now = parse_time(DEMO_FEATURE_WINDOW[1])
+    with get_online_store(settings) as store:
+        for view in features.batch_views:
+            name = online_view_name(usecase.name, view.name)
+            rows = store.read(name, _recent_keys(settings, view, now), now=now)
+            found = [r for r in rows if r.found]
+            if not found:
+                print(f"  {view.name:<17} no rows online")
+                continue
+            r = found[0]
+            shown = ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.values.items())
+            print(f"  {view.name:<17} {len(found)} sampled keys online; {r.key}: {shown} "
+                  f"(age {r.age_seconds / 3600:.1f} h)")
+    reports = sorted((settings.home_path / "reports" / usecase.name / "skew").glob("*.txt"),
+                     key=lambda p: p.stat().st_mtime)
+    if reports:
+        print(f"  skew report: {reports[-1]} ({reports[-1].read_text().splitlines()[0]})")
+
+
+def _recent_keys(settings: Settings, view, now, limit: int = 5) -> list[tuple]:
+    """A few entity keys with source events on the last day before `now` (read from the lake)."""
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from pipelines.lake.tables import Lake
+
+    frame = pd.read_parquet(Lake(settings.lake_root).path(view.source), columns=[*view.keys, view.event_time])
+    times = pd.to_datetime(frame[view.event_time], utc=True)
+    recent = frame[(times <= now) & (times > now - timedelta(days=1))].dropna()
+    return [tuple(k) for k in recent[list(view.keys)].drop_duplicates().head(limit).itertuples(index=False)]
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     started = time.monotonic()
     usecase = get_usecase(args.usecase or _default_usecase(settings), settings.usecases_path)
@@ -162,7 +206,11 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
                      key=lambda p: p.stat().st_mtime)
     if reports:
         print(f"  validation report: {reports[-1]}")
-    print("4. where things are")
+    print("4. features: materialize the last week of the data into the online store, then the skew check")
+    window = {"usecase": usecase.name, "start": DEMO_FEATURE_WINDOW[0], "end": DEMO_FEATURE_WINDOW[1]}
+    trigger_and_wait(settings, "features_materialize", window)
+    _print_online_sample(settings, usecase)
+    print("5. where things are")
     supervisor = Supervisor(settings.run_dir)
     for service in managed_services(settings):
         status = supervisor.status(service.build_spec(settings))

@@ -8,3 +8,13 @@ from airflow.sdk import Asset
 def lake_table(table: str) -> Asset:
     """A published lake table (any use case's ingest may publish it)."""
     return Asset(name=f"lake.{table}", uri=f"atelier://lake/{table}", group="lake")
+
+
+def feature_view(usecase: str, view: str) -> Asset:
+    """A feature view's rows in the online store (materialized for an interval)."""
+    return Asset(name=f"features.{usecase}.{view}", uri=f"atelier://features/{usecase}/{view}", group="features")
+
+
+def offline_features(usecase: str) -> Asset:
+    """A use case's offline feature tables (the point-in-time training sets read them)."""
+    return Asset(name=f"offline_features.{usecase}", uri=f"atelier://offline-features/{usecase}", group="features")

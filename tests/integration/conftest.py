@@ -57,3 +57,17 @@ def usecase(settings):
     from pipelines.usecases import get_usecase
 
     return get_usecase("flights_eta", settings.usecases_path)
+
+
+@pytest.fixture(scope="session")
+def published_lake(spark, settings, usecase):
+    """The lake tables of the test profile, ingested once if no earlier test or session published them."""
+    from pipelines.lake import ingest
+    from pipelines.lake.tables import Lake
+
+    lake = Lake(settings.lake_root)
+    if any(lake.current_version(t) is None for t in usecase.tables):
+        ingest.stage(spark, settings, usecase, "fixture-ingest")
+        ingest.validate(spark, settings, usecase, "fixture-ingest")
+        ingest.publish(settings, usecase, "fixture-ingest")
+    return lake

@@ -1,0 +1,94 @@
+"""Feature-store jobs (spark-submit entry points).
+
+    features.py offline      --usecase U --run-id R                     offline feature tables (all history)
+    features.py materialize  --usecase U --run-id R --start T --end T   the interval's rows -> online store
+    features.py training-set --usecase U --run-id R [--start T --end T] point-in-time training set -> lake
+    features.py skew         --usecase U --run-id R --as-of T           online vs offline, fails above threshold
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from pipelines.jobs.common import base_parser, context, log, run_job
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """ISO date or timestamp; naive values are UTC."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"'{text}' is not an ISO date or timestamp (e.g. 2013-12-01 or 2013-12-01T00:00:00Z)") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("step", choices=["offline", "materialize", "training-set", "skew"])
+    parser.add_argument("--start", help="interval start (inclusive), ISO date/time, UTC")
+    parser.add_argument("--end", help="interval end (exclusive), ISO date/time, UTC")
+    parser.add_argument("--as-of", help="skew: the time the online values are judged at (default: --end)")
+    parser.add_argument("--view", action="append", default=[], help="only these views (default: all)")
+    args = parser.parse_args(argv)
+
+    from pipelines.featurestore import materialize, offline, skew
+    from pipelines.featurestore.spec import load_feature_set
+    from pipelines.lake.tables import Lake
+    from pipelines.spark import get_spark
+
+    settings, usecase = context(args)
+    features = load_feature_set(usecase)
+    start, end = parse_time(args.start), parse_time(args.end)
+    if start and end and start >= end:
+        raise ValueError(f"empty interval: --start {args.start} is not before --end {args.end}")
+    unknown = set(args.view) - {v.name for v in features.batch_views}
+    if unknown:
+        raise ValueError(f"unknown feature view(s) {sorted(unknown)}; batch views: "
+                         f"{[v.name for v in features.batch_views]}")
+    views = [v for v in features.batch_views if not args.view or v.name in args.view]
+    lake = Lake(settings.lake_root)
+    spark = get_spark(settings, f"atelier-features-{args.step}-{usecase.name}")
+    try:
+        if args.step == "offline":
+            for view in views:
+                rows = offline.write_view_table(spark, lake, usecase.name, view, args.run_id)
+                log.info("offline feature table %s: %d rows", view.name, rows)
+        elif args.step == "materialize":
+            if start is None or end is None:
+                raise ValueError("materialize needs --start and --end (the data interval)")
+            for view in views:
+                result = materialize.materialize_view(spark, settings, features, view, start, end, now=end)
+                log.info("materialized %s", json.dumps(result.__dict__, default=str))
+        elif args.step == "training-set":
+            name = f"training_set__{usecase.name}"
+            path = lake.staging_path(name, args.run_id)
+            frame = offline.training_set(spark, lake, features, start, end)
+            frame.write.mode("overwrite").parquet(str(path))
+            rows = spark.read.parquet(str(path)).count()
+            if rows == 0:
+                raise ValueError(f"the training set for [{args.start}, {args.end}) is empty")
+            lake.write_manifest(path, rows=rows, columns=frame.columns, partition_by=[], run_id=args.run_id)
+            log.info("training set %s: %d rows, version %s", name, rows, lake.publish(name, args.run_id))
+        else:
+            as_of = parse_time(args.as_of) or end
+            if as_of is None:
+                raise ValueError("skew needs --as-of (or --end)")
+            report = skew.run_skew_check(spark, settings, features, args.run_id, as_of)
+            log.info("%s", report.to_text())
+    finally:
+        spark.stop()
+
+
+def expected_failures() -> tuple[type[BaseException], ...]:
+    from pipelines.featurestore.skew import SkewDetected
+    from pipelines.lake.tables import TableNotFound
+    from pipelines.stores.online import OnlineStoreError
+
+    return (SkewDetected, OnlineStoreError, TableNotFound, ValueError)
+
+
+if __name__ == "__main__":
+    run_job(main, expected_failures())
