@@ -34,10 +34,10 @@ def online_view_name(usecase: str, view: str) -> str:
 def online_schema(usecase: str, view: FeatureView) -> FeatureViewSchema:
     from pipelines.stores.online.base import FeatureViewSchema
 
-    key_types = {"string": "string", "int": "bigint"}
+    key_types = {"string": "string", "int": "bigint", "bigint": "bigint"}
     return FeatureViewSchema(
         name=online_view_name(usecase, view.name),
-        entity_keys=[(k, key_types[t if t != "bigint" else "int"]) for k, t in zip(view.keys, view.key_types)],
+        entity_keys=[(k, key_types[t]) for k, t in zip(view.keys, view.key_types, strict=True)],
         features=[(f.name, STORE_TYPES[f.dtype]) for f in view.features],
         ttl_seconds=int(view.ttl.total_seconds()) if view.ttl else None,
     )

@@ -24,7 +24,7 @@ class AtelierSparkJobOperator(SparkSubmitOperator):
 
     def __init__(self, *, job: str, job_args: list[str] | None = None, **kwargs: Any) -> None:
         settings = get_settings()
-        application = str((next(iter(pipelines.jobs.__path__)) + f"/{job}.py"))
+        application = str(next(iter(pipelines.jobs.__path__)) + f"/{job}.py")
         kwargs.setdefault("conn_id", settings.spark.conn_id)
         kwargs.setdefault("conf", spark_conf(settings))
         kwargs.setdefault("driver_memory", settings.spark.driver_memory)

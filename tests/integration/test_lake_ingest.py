@@ -3,7 +3,7 @@ corrupt input that must never reach the published tables."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -74,9 +74,9 @@ def test_local_times_become_utc(flights):
 
 
 @pytest.mark.parametrize(("day", "hhmm", "utc"), [
-    ("2013-03-09", 600, datetime(2013, 3, 9, 11, 0, tzinfo=timezone.utc)),    # EST, UTC-5
-    ("2013-03-10", 600, datetime(2013, 3, 10, 10, 0, tzinfo=timezone.utc)),   # EDT from 02:00 that day, UTC-4
-    ("2013-11-03", 600, datetime(2013, 11, 3, 11, 0, tzinfo=timezone.utc)),   # back to EST
+    ("2013-03-09", 600, datetime(2013, 3, 9, 11, 0, tzinfo=UTC)),    # EST, UTC-5
+    ("2013-03-10", 600, datetime(2013, 3, 10, 10, 0, tzinfo=UTC)),   # EDT from 02:00 that day, UTC-4
+    ("2013-11-03", 600, datetime(2013, 11, 3, 11, 0, tzinfo=UTC)),   # back to EST
 ])
 def test_dst_edges(flights, day, hhmm, utc):
     from pyspark.sql import functions as F  # noqa: N812
@@ -84,7 +84,7 @@ def test_dst_edges(flights, day, hhmm, utc):
     rows = flights.where((F.col("sched_dep_date") == day) & (F.col("sched_dep_time") == hhmm)).select(
         "sched_dep_ts").distinct().collect()
     assert rows, f"no flight at {hhmm} on {day}"
-    assert {r[0].replace(tzinfo=timezone.utc) for r in rows} == {utc}
+    assert {r[0].replace(tzinfo=UTC) for r in rows} == {utc}
 
 
 def test_arrivals_after_departures(flights):
