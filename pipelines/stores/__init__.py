@@ -1,0 +1,1 @@
+"""Atelier's feature stores. ``pipelines.stores.online``: the online (serving-time, latest-value) store."""
