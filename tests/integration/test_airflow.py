@@ -50,3 +50,25 @@ def test_lake_ingest_through_airflow(client, settings, usecase):
 def test_unknown_usecase_param_is_rejected_at_trigger(client):
     with pytest.raises(AirflowApiError, match="HTTP 400"):
         client.trigger("lake_ingest", {"usecase": "no_such_usecase"})
+
+
+def test_features_materialize_through_airflow(client, settings, usecase):
+    """The DAG submits the materialization and the skew check through the Spark provider."""
+    from datetime import UTC, datetime
+
+    from pipelines.featurestore.materialize import online_view_name
+    from pipelines.stores.online import get_online_store
+
+    client.wait_for_dag("features_materialize")
+    run_id = client.trigger("features_materialize", {"usecase": usecase.name, "start": "2013-12-29",
+                                                     "end": "2013-12-31"})
+    result = client.wait_for_run("features_materialize", run_id, timeout_s=900)
+    assert result.state == "success", result.failed_tasks
+    with get_online_store(settings) as store:
+        rows = store.read(online_view_name(usecase.name, "origin_weather"), [("JFK",), ("EWR",), ("LGA",)],
+                          now=datetime(2013, 12, 31, tzinfo=UTC))
+    assert all(r.found for r in rows)
+    assert all(r.event_time.date().isoformat() == "2013-12-30" for r in rows)
+    report = settings.home_path / "reports" / usecase.name / "skew"
+    assert any(p.read_text().startswith("skew check PASSED") for p in report.glob("*.txt"))
+
