@@ -45,8 +45,12 @@ airflow_service = _service_fixture("airflow")
 @pytest.fixture(scope="session")
 def spark(settings):
     """One local Spark session for the whole test session (the profile's master, UTC)."""
+    import logging
+
     from pipelines.spark import get_spark
 
+    # py4j logs "closing" from finalizers at interpreter exit, after pytest closed the log streams.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     session = get_spark(settings, "atelier-tests")
     yield session
     session.stop()
