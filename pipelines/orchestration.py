@@ -7,10 +7,12 @@ generated (local profiles) or given by the caller. Standard library only.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -69,9 +71,21 @@ class AirflowClient:
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
 
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        answer = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
-        return str(answer["dag_run_id"])
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, attempts: int = 4) -> str:
+        """Create a manual run. The run id is chosen here, so a retry after a transient server error (5xx)
+        can never create a second run: if the first attempt did land, the retry gets 409 and is done."""
+        run_id = f"manual__{datetime.now(UTC).isoformat()}"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
+        for attempt in range(1, attempts + 1):
+            try:
+                return str(self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"])
+            except AirflowApiError as exc:
+                if "HTTP 409" in str(exc) and attempt > 1:
+                    return run_id
+                if not re.search(r"HTTP 5\d\d", str(exc)) or attempt == attempts:
+                    raise
+            time.sleep(2 * attempt)
+        raise AssertionError("unreachable")
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = 900.0) -> RunResult:
         started = time.monotonic()
