@@ -29,6 +29,12 @@ class RunResult:
     seconds: float
 
 
+def _transient(exc: AirflowApiError) -> bool:
+    """Airflow on SQLite answers 500 (or not in time) while its metadata DB stays locked; the API server's own
+    concurrent requests can hold the lock. Such an answer is worth another try."""
+    return bool(re.search(r"HTTP 5\d\d|timed out", str(exc)))
+
+
 class AirflowClient:
     def __init__(self, base_url: str, username: str, password: str, timeout_s: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -49,6 +55,8 @@ class AirflowClient:
             raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
         except urllib.error.URLError as exc:
             raise AirflowApiError(f"{method} {path}: Airflow is not reachable at {self.base_url}: {exc.reason}") from None
+        except TimeoutError:
+            raise AirflowApiError(f"{method} {path}: no answer within {self.timeout_s:.0f} s (timed out)") from None
         return json.loads(raw) if raw else None
 
     def _login(self, username: str, password: str) -> str:
@@ -64,7 +72,7 @@ class AirflowClient:
                 self._request("GET", f"/api/v2/dags/{dag_id}")
                 return
             except AirflowApiError as exc:
-                if "HTTP 404" not in str(exc) or time.monotonic() > deadline:
+                if not ("HTTP 404" in str(exc) or _transient(exc)) or time.monotonic() > deadline:
                     raise
             time.sleep(2)
 
@@ -82,7 +90,7 @@ class AirflowClient:
             except AirflowApiError as exc:
                 if "HTTP 409" in str(exc) and attempt > 1:
                     return run_id
-                if not re.search(r"HTTP 5\d\d", str(exc)) or attempt == attempts:
+                if not _transient(exc) or attempt == attempts:
                     raise
             time.sleep(2 * attempt)
         raise AssertionError("unreachable")
@@ -90,13 +98,18 @@ class AirflowClient:
     def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = 900.0) -> RunResult:
         started = time.monotonic()
         quoted = urllib.request.quote(run_id, safe="")
+        state = "unknown"
         while True:
-            run = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}")
-            if run["state"] in ("success", "failed"):
+            try:
+                state = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}")["state"]
+            except AirflowApiError as exc:
+                if not _transient(exc):
+                    raise
+            if state in ("success", "failed"):
                 break
             if time.monotonic() - started > timeout_s:
-                raise AirflowApiError(f"{dag_id} run {run_id} still {run['state']} after {timeout_s:.0f} s")
+                raise AirflowApiError(f"{dag_id} run {run_id} still {state} after {timeout_s:.0f} s")
             time.sleep(3)
         tasks = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")
         failed = [t["task_id"] for t in tasks.get("task_instances", []) if t.get("state") in ("failed", "upstream_failed")]
-        return RunResult(dag_id, run_id, run["state"], failed, time.monotonic() - started)
+        return RunResult(dag_id, run_id, state, failed, time.monotonic() - started)

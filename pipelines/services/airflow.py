@@ -21,11 +21,6 @@ from pipelines.spark import python_env
 
 ADMIN_USER = "admin"
 
-# Airflow's metadata database on SQLite is written by the API server, the scheduler and the task processes at
-# once; SQLite's default 5 s lock wait turned a busy moment into an HTTP 500 on a DAG trigger. Airflow imports
-# this dict through [database] sql_alchemy_connect_args.
-SQLITE_CONNECT_ARGS = {"timeout": 60}
-
 
 def airflow_home(settings: Settings) -> Path:
     return settings.home_path / "airflow"
@@ -63,8 +58,6 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(home),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "pipelines.services.airflow.SQLITE_CONNECT_ARGS",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "pipelines.services.airflow.SQLITE_CONNECT_ARGS",
         f"AIRFLOW_CONN_{settings.spark.conn_id.upper()}": json.dumps(spark_conn),
         "ATELIER_PROFILE": settings.profile,
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
