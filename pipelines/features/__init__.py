@@ -4,30 +4,6 @@ The language reference, the semantics (nulls, NaN, inf, bucket edges, hashing, w
 documented in :mod:`pipelines.features.dsl`. Importing this package does not import pyspark.
 """
 
-from pipelines.features.dsl import (
-    DTYPES,
-    EntityHistory,
-    FeatureDefinitionError,
-    FeatureExpr,
-    aggregate_python,
-    compile_python,
-    compile_spark,
-    evaluate_history,
-    parse_feature,
-    parse_features,
-    with_features,
-)
-
-__all__ = [
-    "DTYPES",
-    "EntityHistory",
-    "FeatureDefinitionError",
-    "FeatureExpr",
-    "aggregate_python",
-    "compile_python",
-    "compile_spark",
-    "evaluate_history",
-    "parse_feature",
-    "parse_features",
-    "with_features",
-]
+# The public API is the one pipelines.features.dsl declares: one list, kept there.
+from pipelines.features.dsl import *  # noqa: F403
+from pipelines.features.dsl import __all__  # noqa: F401

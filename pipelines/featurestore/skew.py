@@ -20,7 +20,7 @@ from pipelines.config import Settings
 from pipelines.featurestore.materialize import online_view_name
 from pipelines.featurestore.offline import EVENT_TIME, compute_view
 from pipelines.featurestore.spec import FeatureSet, FeatureView
-from pipelines.lake.tables import Lake, _safe
+from pipelines.lake.tables import Lake, safe_name
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -152,7 +152,8 @@ def run_skew_check(spark: SparkSession, settings: Settings, features: FeatureSet
 def save_report(settings: Settings, report: SkewReport) -> Path:
     import pandas as pd
 
-    dataset = Path(settings.lake_root) / "_reports" / "skew" / f"usecase={report.usecase}" / f"run_id={_safe(report.run_id)}"
+    run = safe_name(report.run_id)
+    dataset = Path(settings.lake_root) / "_reports" / "skew" / f"usecase={report.usecase}" / f"run_id={run}"
     dataset.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([{"checked_at": report.checked_at, "view": f.view, "feature": f.feature,
                            "compared": f.compared, "mismatches": f.mismatches, "rate": f.rate,
@@ -162,6 +163,6 @@ def save_report(settings: Settings, report: SkewReport) -> Path:
     tmp.replace(dataset / "part.parquet")
     folder = settings.home_path / "reports" / report.usecase / "skew"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{_safe(report.run_id)}.txt").write_text(report.to_text() + "\n")
-    (folder / f"{_safe(report.run_id)}.json").write_text(json.dumps(asdict(report), indent=2, default=str))
-    return folder / f"{_safe(report.run_id)}.txt"
+    (folder / f"{run}.txt").write_text(report.to_text() + "\n")
+    (folder / f"{run}.json").write_text(json.dumps(asdict(report), indent=2, default=str))
+    return folder / f"{run}.txt"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.config import Settings
-from pipelines.lake.tables import Lake, TableInfo
+from pipelines.lake.tables import Lake, TableInfo, safe_name
 from pipelines.usecases import UseCase
 
 if TYPE_CHECKING:
@@ -40,9 +40,7 @@ class StagedTable:
 
 
 def report_dir(settings: Settings, usecase: UseCase, run_id: str) -> Path:
-    from pipelines.lake.tables import _safe
-
-    return settings.home_path / "reports" / usecase.name / "lake_ingest" / _safe(run_id)
+    return settings.home_path / "reports" / usecase.name / "lake_ingest" / safe_name(run_id)
 
 
 def stage(spark: SparkSession, settings: Settings, usecase: UseCase, run_id: str,

@@ -23,8 +23,8 @@ from pathlib import Path
 
 CURRENT = "_CURRENT"
 PREVIOUS = "_PREVIOUS"
+KEEP_VERSIONS = 2  # what garbage collection keeps: the published version and the one published before it
 MANIFEST = "_atelier.json"
-KEEP_VERSIONS = 2  # the published version and the one published before it (for a quick rollback)
 
 
 class TableNotFound(LookupError):
@@ -43,7 +43,8 @@ class TableInfo:
     created_at: str
 
 
-def _safe(run_id: str) -> str:
+def safe_name(run_id: str) -> str:
+    """A run id as a file-name-safe string (what staging folders, versions and reports are named by)."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:120]
 
 
@@ -55,7 +56,7 @@ class Lake:
         return self.root / name
 
     def staging_path(self, name: str, run_id: str) -> Path:
-        return self._table(name) / "_staging" / _safe(run_id)
+        return self._table(name) / "_staging" / safe_name(run_id)
 
     def current_version(self, name: str) -> str | None:
         try:
@@ -102,7 +103,7 @@ class Lake:
             fcntl.flock(lock, fcntl.LOCK_EX)
             previous = self.current_version(name)
             sequence = max((_sequence(p.name) for p in versions.iterdir()), default=0) + 1
-            version = f"v{sequence:06d}-{_safe(run_id)}"
+            version = f"v{sequence:06d}-{safe_name(run_id)}"
             os.rename(staged, versions / version)
             if previous:
                 _atomic_write(table / PREVIOUS, previous)

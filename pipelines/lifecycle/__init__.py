@@ -4,34 +4,6 @@ The rule language, its evaluation semantics and the transitions are documented i
 :mod:`pipelines.lifecycle.rules`.
 """
 
-from pipelines.lifecycle.rules import (
-    ALLOWED_TRANSITIONS,
-    STAGES,
-    ClauseResult,
-    Decision,
-    ModelFacts,
-    Rule,
-    RuleError,
-    allowed_targets,
-    check_transition,
-    evaluate,
-    load_rules,
-    load_rules_file,
-    parse_rule,
-)
-
-__all__ = [
-    "ALLOWED_TRANSITIONS",
-    "STAGES",
-    "ClauseResult",
-    "Decision",
-    "ModelFacts",
-    "Rule",
-    "RuleError",
-    "allowed_targets",
-    "check_transition",
-    "evaluate",
-    "load_rules",
-    "load_rules_file",
-    "parse_rule",
-]
+# The public API is the one pipelines.lifecycle.rules declares: one list, kept there.
+from pipelines.lifecycle.rules import *  # noqa: F403
+from pipelines.lifecycle.rules import __all__  # noqa: F401
