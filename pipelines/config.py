@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "config"
@@ -99,6 +99,23 @@ class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8100, ge=1, le=65535)
     auth_required: bool = Field(True, description="bearer-token auth; the token comes from ATELIER_API_TOKEN")
+    usecases: list[str] = Field(default_factory=lambda: ["flights_eta"], min_length=1,
+                                description="use cases served; the first is the default of a request")
+    model_alias: str = Field("champion", description="registry alias of the version served")
+    deadline_ms: int = Field(50, ge=5, le=60_000, description="every request ends within this time")
+    feature_timeout_ms: int = Field(20, ge=1, le=60_000, description="online store read budget")
+    triton_timeout_ms: int = Field(25, ge=1, le=60_000, description="Triton inference budget")
+    max_batch: int = Field(256, ge=1, le=10_000, description="rows per /v1/predict/batch request")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
+    max_in_flight: int = Field(256, ge=1, description="requests in progress beyond this are shed (429)")
+    as_of: AwareDatetime | None = Field(None, description="simulated clock for feature ages (historical data); "
+                                   "None = wall clock")
+    allow_as_of_header: bool = Field(False, description="accept X-Atelier-As-Of (simulated clock per request)")
+    prediction_log_dir: str | None = Field(None, description="default <home>/predictions")
+    prediction_log_queue: int = Field(100_000, ge=1, description="answers buffered for the log writer")
+    deploy_on_start: bool = Field(True, description="export the served version to the Triton model "
+                                  "repository and load it when the API starts (local Triton)")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
 
 
 class Settings(_Section):
@@ -147,6 +164,12 @@ class Settings(_Section):
     def sqlite_path(self) -> Path:
         return _resolve(self.online_store.sqlite_path) if self.online_store.sqlite_path else (
             self.home_path / "online" / "features.db"
+        )
+
+    @property
+    def prediction_log_path(self) -> Path:
+        return _resolve(self.api.prediction_log_dir) if self.api.prediction_log_dir else (
+            self.home_path / "predictions"
         )
 
     @property
