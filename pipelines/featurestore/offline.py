@@ -113,11 +113,13 @@ def as_of_join(labels: DataFrame, table: DataFrame, view: FeatureView, time_colu
 
 def training_set(spark: SparkSession, lake: Lake, features: FeatureSet, start: datetime | None = None,
                  end: datetime | None = None, tables: dict[str, DataFrame] | None = None,
-                 labels: DataFrame | None = None, with_defaults: bool = True) -> DataFrame:
+                 labels: DataFrame | None = None, with_defaults: bool = True,
+                 extra_columns: list[str] | tuple[str, ...] = ()) -> DataFrame:
     """Point-in-time training set: every labelled event in [start, end) with all features as of its time.
 
     `tables` (view -> feature table) defaults to the published offline feature tables; `labels` to the label
-    source rows with a non-null label.
+    source rows with a non-null label; `extra_columns` are label-source columns kept as they are (e.g. for
+    evaluation segments).
     """
     from pyspark.sql import functions as F  # noqa: N812
 
@@ -139,7 +141,7 @@ def training_set(spark: SparkSession, lake: Lake, features: FeatureSet, start: d
     request_names = [f for v in features.request_views for f in v.feature_names]
     key_columns = sorted({k for v in features.batch_views for k in v.keys})
     result = result.select(*dict.fromkeys([*spec.keys, row_id, spec.event_time, spec.column, *key_columns,
-                                           *request_names]))
+                                           *extra_columns, *request_names]))
     for view in features.batch_views:
         if tables is not None and view.name in tables:
             table = tables[view.name]

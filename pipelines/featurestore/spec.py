@@ -127,6 +127,11 @@ class FeatureSet:
     def feature_names(self) -> list[str]:
         return [f for v in self.views.values() for f in v.feature_names]
 
+    @property
+    def key_columns(self) -> list[str]:
+        """Every batch view's entity key columns (a training set carries them)."""
+        return sorted({k for v in self.batch_views for k in v.keys})
+
 
 def load_feature_set(usecase: UseCase) -> FeatureSet:
     """Validate ``features.yaml`` of a use case: structure, then every expression against its source schema."""

@@ -146,11 +146,18 @@ def validate_frames(frames: dict[str, tuple[DataFrame, str]], run_id: str,
 
     References between datasets (`$ref: table.column`) are resolved from the frames given here.
     """
+    suites = {name: load_suite(suite_name, expectations_dir) for name, (_, suite_name) in frames.items()}
+    return validate_with_suites({name: (frame, suites[name]) for name, (frame, _) in frames.items()}, run_id)
+
+
+def validate_with_suites(frames: dict[str, tuple[DataFrame, dict[str, Any]]], run_id: str) -> ValidationReport:
+    """Like :func:`validate_frames`, with suites given as data (``{"path": ..., "expectations": [...]}``),
+    e.g. generated from a spec."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-    suites = {name: load_suite(suite_name, expectations_dir) for name, (_, suite_name) in frames.items()}
+    suites = {name: suite for name, (_, suite) in frames.items()}
     ref_values: dict[str, list[Any]] = {}
     for suite in suites.values():
         for ref in references(suite):

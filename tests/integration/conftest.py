@@ -75,3 +75,48 @@ def published_lake(spark, settings, usecase):
         ingest.validate(spark, settings, usecase, "fixture-ingest")
         ingest.publish(settings, usecase, "fixture-ingest")
     return lake
+
+
+@pytest.fixture(scope="session")
+def offline_feature_tables(spark, settings, usecase, published_lake):
+    """The offline feature tables of every batch view, written once if no earlier session published them."""
+    from pipelines.featurestore import offline
+    from pipelines.featurestore.spec import load_feature_set
+
+    for view in load_feature_set(usecase).batch_views:
+        if published_lake.current_version(offline.feature_table_name(usecase.name, view.name)) is None:
+            offline.write_view_table(spark, published_lake, usecase.name, view, "fixture-offline")
+    return published_lake
+
+
+# A small, quick flights model: four months of data, 60 trees. Registered once per MLflow database (the run id
+# is fixed, so a later session finds and reuses it).
+FIXTURE_MODEL_OVERRIDES = {
+    "data": {"start": "2013-09-01", "end": "2014-01-01", "validation_days": 30, "holdout_days": 31},
+    "hyperparameters": {"n_estimators": 60},
+}
+
+
+@pytest.fixture(scope="session")
+def registered_model(settings, spark, usecase, offline_feature_tables, mlflow_service):
+    """The flights model registered in the test MLflow, pinned by version: a `VersionRef` (name, version...).
+
+    It is promoted to production (alias champion) if no champion exists yet; tests that need a fixed model
+    should use `version=ref.version`, not the alias (lifecycle tests move aliases).
+    """
+    from pipelines.lifecycle.registry import transition
+    from pipelines.models.registry import ModelNotFound, resolve_version
+    from pipelines.training.pipeline import train_usecase
+
+    result = train_usecase(settings, spark, usecase, "fixture-registered-model", FIXTURE_MODEL_OVERRIDES,
+                           triggered_by="test-fixture")
+    try:
+        resolve_version(settings, result.model_name, alias="champion")
+    except ModelNotFound:
+        stage = resolve_version(settings, result.model_name, version=result.version).stage
+        for target in ("staging", "production"):
+            if stage == {"staging": "evaluation", "production": "staging"}[target]:
+                transition(settings, result.model_name, result.version, target, by="test-fixture",
+                           why="the integration tests' model")
+                stage = target
+    return resolve_version(settings, result.model_name, version=result.version)

@@ -1,0 +1,308 @@
+"""One training run: split -> train (or search) -> evaluate on the holdout -> calibrate -> bundle -> report ->
+MLflow (run, model, registered version).
+
+Registration is the last step and a single call that carries the lineage and the initial stage as tags, so a
+failure anywhere before it leaves no registered version; the run itself is then marked FAILED. A retry of
+the same orchestrator run finds the version it already registered (tag ``atelier.run_id``) instead of
+registering a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.featurestore.spec import FeatureSet
+from pipelines.lake.tables import safe_name
+from pipelines.models.bundle import Calibration, LinearFallback, ModelBundle, feature_spec_hash
+from pipelines.models.registry import BUNDLE_ARTIFACT_PATH, STAGE_TAG, RegistryUnavailable, client
+from pipelines.training.dataset import split_by_time
+from pipelines.training.evaluate import coverage, error_metrics, segment_metrics
+from pipelines.training.spec import ModelSpec
+from pipelines.training.trainer import TrainedModel, sample_trials, train_distributed, train_single
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import SparkSession
+
+    from pipelines.config import Settings
+    from pipelines.usecases import UseCase
+
+log = logging.getLogger("atelier.training")
+
+__all__ = ["BaselinesNotBeaten", "TrainingResult", "experiment_name", "run_training", "train_usecase"]
+
+RUN_ID_TAG = "atelier.run_id"
+AUDIT_TAG_PREFIX = "atelier.audit."
+
+
+class BaselinesNotBeaten(ValueError):
+    """The model does not beat a baseline on the holdout (when the spec requires it)."""
+
+
+@dataclass
+class TrainingResult:
+    model_name: str
+    version: str
+    mlflow_run_id: str
+    metrics: dict[str, float]
+    report_path: Path
+    reused: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def experiment_name(usecase: str) -> str:
+    return f"atelier/{usecase}"
+
+
+def _find_registered(c: Any, model_name: str, run_id: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = c.search_model_versions(f"name = '{model_name}' and tag.`{RUN_ID_TAG}` = '{run_id}'")
+    except MlflowException:
+        return None
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spec: ModelSpec, run_id: str,
+                 frame: pd.DataFrame, training_set_version: str, gx_summary: str = "",
+                 spark: SparkSession | None = None, triggered_by: str = "model_train") -> TrainingResult:
+    """Train, evaluate, calibrate and register one model from a validated training set."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    c = client(settings)
+    try:
+        existing = _find_registered(c, spec.name, run_id)
+        mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+        experiment = mlflow.set_experiment(experiment_name(usecase.name))
+    except MlflowException as exc:
+        raise RegistryUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: {str(exc).splitlines()[0]}") from None
+    if existing is not None:
+        log.info("run %s already registered %s version %s: reusing it", run_id, spec.name, existing.version)
+        metrics = c.get_run(existing.run_id).data.metrics
+        return TrainingResult(spec.name, str(existing.version), existing.run_id, metrics,
+                              settings.home_path / "reports" / usecase.name / "training" / safe_name(run_id)
+                              / "report.html", reused=True)
+
+    label = features.label
+    assert label is not None
+    names = features.feature_names
+    non_numeric = [n for n in names if not np.issubdtype(frame[n].dtype, np.number)
+                   and frame[n].dtype != bool]
+    if non_numeric:
+        raise ValueError(f"XGBoost needs numeric features; not numeric: {non_numeric}")
+    train, valid, holdout = split_by_time(frame, label.event_time, spec.window)
+    timings["split_s"] = time.perf_counter() - started
+
+    with mlflow.start_run(run_name=f"train-{safe_name(run_id)}", experiment_id=experiment.experiment_id,
+                          tags={RUN_ID_TAG: run_id, "atelier.usecase": usecase.name,
+                                "atelier.triggered_by": triggered_by}) as run:
+        try:
+            trials = sample_trials(spec) if spec.search.trials else [dict(spec.hyperparameters)]
+            best: TrainedModel | None = None
+            train_seconds = 0.0
+            for i, hyper in enumerate(trials):
+                nested = spec.search.trials > 0
+                ctx = mlflow.start_run(run_name=f"trial-{i}", nested=True) if nested else None
+                try:
+                    model = _train(spark, spec, hyper, train, valid, names, label.column)
+                    if ctx is not None:
+                        mlflow.log_params({k: v for k, v in hyper.items()})
+                        mlflow.log_metrics({"validation_mae": model.validation_mae,
+                                            "best_iteration": model.best_iteration, "train_seconds": model.seconds})
+                finally:
+                    if ctx is not None:
+                        mlflow.end_run()
+                train_seconds += model.seconds
+                if best is None or model.validation_mae < best.validation_mae:
+                    best = model
+            assert best is not None
+            timings["train_s"] = train_seconds
+            timings["search_trials"] = len(trials)
+
+            y_hold = holdout[label.column].to_numpy(np.float64)
+            x_hold = holdout[names].to_numpy(np.float32)
+            pred_hold = best.booster.inplace_predict(x_hold).astype(np.float64)
+            pred_valid = best.booster.inplace_predict(valid[names].to_numpy(np.float32)).astype(np.float64)
+            seg = spec.calibration.segment_by
+            calibration = Calibration.fit(valid[label.column].to_numpy(np.float64) - pred_valid,
+                                          spec.calibration.levels,
+                                          valid[seg].to_numpy() if seg else None, seg,
+                                          spec.calibration.min_segment_rows)
+            metrics = {f"{k}": v for k, v in error_metrics(y_hold, pred_hold).items()}
+            predictors = {"model": pred_hold}
+            for base, feature in spec.evaluation.baselines.items():
+                predictors[f"baseline_{base}"] = holdout[feature].to_numpy(np.float64)
+                for k, v in error_metrics(y_hold, predictors[f"baseline_{base}"]).items():
+                    metrics[f"baseline_{base}_{k}"] = v
+            intervals = {}
+            for level in calibration.levels:
+                lo, hi = calibration.interval(pred_hold, level, holdout[seg].to_numpy() if seg else None)
+                intervals[level] = (lo, hi)
+                pct = round(level * 100)
+                metrics[f"coverage_{pct}"] = coverage(y_hold, lo, hi)
+                metrics[f"interval_width_{pct}"] = float(np.mean(hi - lo))
+            metrics["validation_mae"] = best.validation_mae
+            metrics["best_iteration"] = float(best.best_iteration)
+            metrics["train_seconds"] = best.seconds
+            metrics.update({"rows_train": float(len(train)), "rows_validation": float(len(valid)),
+                            "rows_holdout": float(len(holdout))})
+            segments = segment_metrics(holdout, spec.evaluation.segments, label.column, predictors)
+
+            ranges = {n: (float(np.quantile(train[n], 0.001)), float(np.quantile(train[n], 0.999))) for n in names}
+            fallback = LinearFallback.fit(train, spec.fallback_features, train[label.column].to_numpy(np.float64)) \
+                if spec.fallback_features else LinearFallback(float(train[label.column].mean()), {})
+            spec_text = (usecase.path / "features.yaml").read_text()
+            lineage = {"run_id": run_id, "mlflow_run_id": run.info.run_id, "training_set_version": training_set_version,
+                       "window": spec.window.model_dump(mode="json"), "rows": {
+                           "train": len(train), "validation": len(valid), "holdout": len(holdout)},
+                       "gx": gx_summary, "algorithm": spec.algorithm, "trained_at": datetime.now(UTC).isoformat()}
+            defaults = {f.name: f.default for v in features.batch_views for f in v.features}
+            bundle = ModelBundle(usecase.name, spec.name, label.column, list(names), defaults, calibration, ranges,
+                                 fallback, feature_spec_hash(spec_text), lineage)
+            out_dir = settings.home_path / "reports" / usecase.name / "training" / safe_name(run_id)
+            bundle_dir = bundle.save(out_dir / "bundle", booster=best.booster)
+
+            champion = _champion_metrics(c, spec.name)
+            from pipelines.training.report import write_report
+
+            report = write_report(out_dir / "report.html", usecase=usecase.name, model_name=spec.name,
+                                  run_id=run_id, metrics=metrics, champion=champion, segments=segments,
+                                  actual=y_hold, predicted=pred_hold, intervals=intervals,
+                                  hours=holdout[spec.evaluation.segments.get("hour", names[0])].to_numpy(),
+                                  months=holdout[spec.evaluation.segments.get("month", names[0])].to_numpy(),
+                                  importance=best.booster.get_score(importance_type="gain"),
+                                  history=best.history, lineage=lineage, baselines=list(spec.evaluation.baselines))
+            (out_dir / "segments.json").write_text(json.dumps(segments, indent=1))
+            timings["evaluate_s"] = time.perf_counter() - started - timings["split_s"] - best.seconds
+
+            # MLflow: params, metrics, artifacts, the model; registration last.
+            mlflow.log_params({**{f"hp.{k}": v for k, v in best.params.items()}, "algorithm": spec.algorithm,
+                               "objective": spec.objective, "window_start": spec.window.start.date().isoformat(),
+                               "window_end": spec.window.end.date().isoformat(),
+                               "validation_start": spec.window.validation_start.date().isoformat(),
+                               "holdout_start": spec.window.holdout_start.date().isoformat(),
+                               "training_set_version": training_set_version,
+                               "feature_spec_hash": bundle.feature_spec_hash, "search_trials": spec.search.trials})
+            mlflow.log_metrics(metrics)
+            mlflow.log_artifacts(str(bundle_dir), BUNDLE_ARTIFACT_PATH)
+            mlflow.log_artifact(str(usecase.path / "features.yaml"), "atelier/spec")
+            mlflow.log_artifact(str(usecase.path / "model.yaml"), "atelier/spec")
+            mlflow.log_artifact(str(report), "atelier/report")
+            mlflow.log_artifact(str(out_dir / "segments.json"), "atelier/report")
+            if gx_summary:
+                mlflow.log_text(gx_summary, "atelier/lineage/training_set_validation.txt")
+            mlflow.log_dict(lineage, "atelier/lineage/lineage.json")
+            model_info = _log_model(best.booster, holdout[names].head(5))
+            timings["total_s"] = time.perf_counter() - started
+            now = datetime.now(UTC).isoformat(timespec="seconds")
+            audit = [{"from": None, "to": "training", "by": triggered_by, "at": now,
+                      "why": f"training run {run_id} started"},
+                     {"from": "training", "to": "evaluation", "by": triggered_by, "at": now,
+                      "why": f"holdout evaluated: mae {metrics['mae']:.3f}, coverage_90 {metrics['coverage_90']:.3f}"}]
+            tags = {RUN_ID_TAG: run_id, STAGE_TAG: "evaluation", "atelier.usecase": usecase.name,
+                    "atelier.training_set_version": training_set_version,
+                    "atelier.feature_spec_hash": bundle.feature_spec_hash, "atelier.algorithm": spec.algorithm,
+                    **{f"{AUDIT_TAG_PREFIX}{i:04d}": json.dumps(a) for i, a in enumerate(audit)}}
+            again = _find_registered(c, spec.name, run_id)
+            if again is None:
+                _ensure_registered_model(c, spec.name, usecase)
+                mv = c.create_model_version(spec.name, model_info.model_uri, run_id=run.info.run_id, tags=tags,
+                                            model_id=model_info.model_id)
+            else:
+                mv = again
+        except MlflowException as exc:
+            mlflow.set_tag("atelier.failure", str(exc).splitlines()[0][:500])
+            mlflow.end_run("FAILED")
+            raise RegistryUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: "
+                                      f"{str(exc).splitlines()[0][:300]}") from None
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+    result = TrainingResult(spec.name, str(mv.version), run.info.run_id, metrics, report, timings=timings)
+    log.info("registered %s version %s (run %s): mae %.3f", spec.name, mv.version, run.info.run_id, metrics["mae"])
+    if spec.evaluation.must_beat_baselines:
+        beaten = [b for b in spec.evaluation.baselines if metrics["mae"] >= metrics[f"baseline_{b}_mae"]]
+        if beaten:
+            # Registered (it is evidence) but the gate's rules will keep it in evaluation.
+            log.warning("the model does not beat baseline(s) %s on the holdout", beaten)
+    return result
+
+
+def _train(spark: SparkSession | None, spec: ModelSpec, hyper: dict[str, Any], train: pd.DataFrame,
+           valid: pd.DataFrame, names: list[str], label: str) -> TrainedModel:
+    if spec.algorithm == "xgboost":
+        return train_single(spec, hyper, train, valid, names, label)
+    if spark is None:
+        raise ValueError("algorithm xgboost_spark needs a Spark session (run it as the Spark job)")
+    cols = [*names, label]
+    return train_distributed(spark, spec, hyper, spark.createDataFrame(train[cols]),
+                             spark.createDataFrame(valid[cols]), names, label, valid)
+
+
+def _champion_metrics(c: Any, model_name: str) -> dict[str, float] | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = c.get_model_version_by_alias(model_name, "champion")
+    except MlflowException:
+        return None
+    return dict(c.get_run(mv.run_id).data.metrics) | {"version": float(mv.version)}
+
+
+def _ensure_registered_model(c: Any, name: str, usecase: UseCase) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        try:
+            c.create_registered_model(name, tags={"atelier.usecase": usecase.name},
+                                      description=usecase.description if hasattr(usecase, "description") else "")
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+def _log_model(booster: Any, example: pd.DataFrame) -> Any:
+    import mlflow.xgboost
+    from mlflow.models import infer_signature
+
+    example = example.astype(np.float32)
+    signature = infer_signature(example, booster.inplace_predict(example.to_numpy()))
+    return mlflow.xgboost.log_model(booster, name="model", signature=signature, input_example=example,
+                                    model_format="json")
+
+
+def train_usecase(settings: Settings, spark: SparkSession, usecase: UseCase, run_id: str,
+                  overrides: dict[str, Any] | None = None, triggered_by: str = "cli") -> TrainingResult:
+    """Everything in one process (CLI, tests): training set -> validation -> training -> registration.
+    The DAG runs the same steps as separate tasks."""
+    from pipelines.featurestore.spec import load_feature_set
+    from pipelines.training.dataset import build_training_set, read_training_set
+    from pipelines.training.spec import load_model_spec
+
+    features = load_feature_set(usecase)
+    spec = load_model_spec(usecase, overrides, features.feature_names, features.key_columns)
+    existing = _find_registered(client(settings), spec.name, run_id)
+    if existing is not None:
+        metrics = client(settings).get_run(existing.run_id).data.metrics
+        return TrainingResult(spec.name, str(existing.version), existing.run_id, dict(metrics),
+                              settings.home_path / "reports" / usecase.name / "training" / safe_name(run_id)
+                              / "report.html", reused=True)
+    window = spec.window
+    _, _, report = build_training_set(spark, settings, features, spec, run_id, window.start, window.end)
+    frame, version = read_training_set(settings, usecase.name, run_id)
+    return run_training(settings, usecase, features, spec, run_id, frame, version,
+                        report.to_text().splitlines()[0], spark=spark, triggered_by=triggered_by)

@@ -1,0 +1,123 @@
+"""XGBoost training: single node (``hist``) or distributed on Spark (``xgboost.spark``), plus random search.
+
+Both paths return a plain ``xgboost.Booster`` trained on the same rows with the same parameters, so
+everything downstream (evaluation, calibration, the bundle, serving) is the same whichever trained it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.training.spec import HYPERPARAMETERS, ModelSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xgboost
+    from pyspark.sql import SparkSession
+
+__all__ = ["TrainedModel", "sample_trials", "train_distributed", "train_single"]
+
+
+@dataclass
+class TrainedModel:
+    booster: xgboost.Booster
+    params: dict[str, Any]
+    best_iteration: int
+    seconds: float
+    validation_mae: float
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _booster_params(spec: ModelSpec, hyper: dict[str, Any]) -> tuple[dict[str, Any], int, int | None]:
+    hyper = dict(hyper)
+    rounds = int(hyper.pop("n_estimators", 300))
+    early = hyper.pop("early_stopping_rounds", None)
+    params = {"objective": spec.objective, "tree_method": "hist", "seed": spec.seed, "nthread": 0,
+              "eval_metric": ["mae", "rmse"]}
+    if "learning_rate" in hyper:
+        params["eta"] = hyper.pop("learning_rate")
+    if "reg_lambda" in hyper:
+        params["lambda"] = hyper.pop("reg_lambda")
+    if "reg_alpha" in hyper:
+        params["alpha"] = hyper.pop("reg_alpha")
+    params.update(hyper)
+    return params, rounds, int(early) if early else None
+
+
+def train_single(spec: ModelSpec, hyper: dict[str, Any], train: pd.DataFrame, valid: pd.DataFrame,
+                 features: list[str], label: str) -> TrainedModel:
+    """``xgboost.train`` with the validation set for early stopping; the booster is cut at its best round."""
+    import xgboost
+
+    params, rounds, early = _booster_params(spec, hyper)
+    started = time.perf_counter()
+    dtrain = xgboost.QuantileDMatrix(train[features].to_numpy(np.float32), train[label].to_numpy(np.float64),
+                                     feature_names=features)
+    dvalid = xgboost.DMatrix(valid[features].to_numpy(np.float32), valid[label].to_numpy(np.float64),
+                             feature_names=features)
+    history: dict[str, Any] = {}
+    booster = xgboost.train(params, dtrain, rounds, evals=[(dvalid, "validation")], early_stopping_rounds=early,
+                            evals_result=history, verbose_eval=False)
+    best = booster.best_iteration if early else rounds - 1
+    booster = booster[: best + 1]
+    seconds = time.perf_counter() - started
+    pred = booster.inplace_predict(valid[features].to_numpy(np.float32))
+    return TrainedModel(booster, {**hyper}, best, seconds,
+                        float(np.mean(np.abs(pred - valid[label].to_numpy()))),
+                        {k: list(v) for k, v in history.get("validation", {}).items()})
+
+
+def train_distributed(spark: SparkSession, spec: ModelSpec, hyper: dict[str, Any], train: Any, valid: Any,
+                      features: list[str], label: str, valid_pdf: pd.DataFrame) -> TrainedModel:
+    """``xgboost.spark.SparkXGBRegressor`` on Spark frames (``num_workers`` tasks); validation rows are
+    marked with a column so early stopping sees the same validation set as the single-node path."""
+    from pyspark.sql import functions as F  # noqa: N812
+    from xgboost.spark import SparkXGBRegressor
+
+    params, rounds, early = _booster_params(spec, hyper)
+    params.pop("nthread", None)
+    params.pop("eval_metric", None)
+    frame = train.withColumn("__is_valid", F.lit(False)).unionByName(valid.withColumn("__is_valid", F.lit(True)))
+    frame = frame.select(*[F.col(f).cast("float").alias(f) for f in features], F.col(label).cast("double"),
+                         "__is_valid")
+    started = time.perf_counter()
+    estimator = SparkXGBRegressor(
+        features_col=features, label_col=label, validation_indicator_col="__is_valid",
+        num_workers=spec.distributed.num_workers, n_estimators=rounds, early_stopping_rounds=early,
+        eval_metric="mae", random_state=spec.seed, **{k: v for k, v in params.items()
+                                                      if k not in ("objective", "seed", "eta", "lambda", "alpha")},
+        objective=spec.objective, learning_rate=params.get("eta", 0.3),
+        reg_lambda=params.get("lambda", 1.0), reg_alpha=params.get("alpha", 0.0),
+    )
+    model = estimator.fit(frame)
+    booster = model.get_booster()
+    best = int(getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1))
+    booster = booster[: best + 1]
+    seconds = time.perf_counter() - started
+    pred = booster.inplace_predict(valid_pdf[features].to_numpy(np.float32))
+    return TrainedModel(booster, {**hyper}, best, seconds,
+                        float(np.mean(np.abs(pred - valid_pdf[label].to_numpy()))))
+
+
+def sample_trials(spec: ModelSpec) -> list[dict[str, Any]]:
+    """The search's hyperparameter sets: the spec's values with the searched ones drawn (seeded) from
+    their ranges (log-uniform for the learning rate)."""
+    rng = random.Random(spec.search.seed)
+    trials = []
+    for _ in range(spec.search.trials):
+        hyper = dict(spec.hyperparameters)
+        for name, (low, high) in sorted(spec.search.space.items()):
+            kind = HYPERPARAMETERS[name][0]
+            if kind is int:
+                hyper[name] = rng.randint(int(low), int(high))
+            elif name == "learning_rate" and low > 0:
+                hyper[name] = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+            else:
+                hyper[name] = rng.uniform(low, high)
+        trials.append(hyper)
+    return trials
