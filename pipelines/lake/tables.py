@@ -114,6 +114,66 @@ class Lake:
     def discard_staging(self, name: str, run_id: str) -> None:
         shutil.rmtree(self.staging_path(name, run_id), ignore_errors=True)
 
+    def partitions(self, name: str, column: str) -> dict[str, int]:
+        """Published partition values -> rows (from each partition's manifest; -1 when it has none)."""
+        out: dict[str, int] = {}
+        for folder in sorted(Path(self.path(name)).iterdir()):
+            value = _partition_value(folder, column)
+            if value is None:
+                continue
+            try:
+                out[value] = int(json.loads((folder / PARTITION_MANIFEST).read_text())["rows"])
+            except (FileNotFoundError, KeyError, ValueError):
+                out[value] = -1
+        return out
+
+    def publish_partitions(self, name: str, run_id: str, *, column: str, replace: list[str],
+                           columns: list[str]) -> str:
+        """Publish the partitions staged by `run_id`, replacing exactly the partitions `replace` (values of
+        `column`: a value in `replace` with nothing staged is dropped) and keeping every other published
+        partition. Every staged partition needs its manifest (:func:`write_partition_manifest`).
+        Returns the new version id."""
+        staged = self.staging_path(name, run_id)
+        if not staged.is_dir():
+            raise TableNotFound(f"nothing staged for lake table '{name}' by run '{run_id}' ({staged})")
+        staged_values = {v: p for p in staged.iterdir() if (v := _partition_value(p, column)) is not None}
+        outside = sorted(set(staged_values) - set(replace))
+        if outside:
+            raise ValueError(f"run '{run_id}' staged partitions {outside} of '{name}' outside the ones it "
+                             f"replaces ({sorted(replace)})")
+        unfinished = sorted(v for v, p in staged_values.items() if not (p / PARTITION_MANIFEST).exists())
+        if unfinished:
+            raise ValueError(f"staged partitions {unfinished} of '{name}' (run '{run_id}') have no manifest")
+        table = self._table(name)
+        versions = table / "versions"
+        versions.mkdir(parents=True, exist_ok=True)
+        with open(table / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            previous = self.current_version(name)
+            if previous:
+                for folder in (versions / previous).iterdir():
+                    value = _partition_value(folder, column)
+                    if value is None or value in replace:
+                        continue
+                    target = staged / folder.name
+                    shutil.rmtree(target, ignore_errors=True)  # a crashed earlier attempt's links
+                    target.mkdir()
+                    for file in folder.iterdir():
+                        os.link(file, target / file.name)
+            rows = 0
+            for folder in staged.iterdir():
+                if _partition_value(folder, column) is not None:
+                    rows += int(json.loads((folder / PARTITION_MANIFEST).read_text())["rows"])
+            self.write_manifest(staged, rows=rows, columns=columns, partition_by=[column], run_id=run_id)
+            sequence = max((_sequence(p.name) for p in versions.iterdir()), default=0) + 1
+            version = f"v{sequence:06d}-{safe_name(run_id)}"
+            os.rename(staged, versions / version)
+            if previous:
+                _atomic_write(table / PREVIOUS, previous)
+            _atomic_write(table / CURRENT, version)
+            self._collect_garbage(name)
+        return version
+
     def _collect_garbage(self, name: str) -> None:
         """Keep the published version and the one published before it (a quick rollback); drop the rest,
         including versions a crashed publisher renamed into place but never made current."""
@@ -140,3 +200,25 @@ def _atomic_write(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------ partitioned tables
+# Partition-level publication: a writer replaces some partitions of a table and keeps the others.
+# ``Lake.publish_partitions`` builds the new version from the run's staged partitions plus *hard links* to the
+# files of every other partition of the published version (no copy, milliseconds), then swaps
+# ``_CURRENT`` like ``Lake.publish``. So a replacement is one atomic pointer swap: a writer killed at any point
+# leaves the published version as it was, readers see a whole version (every partition complete), and the
+# files of a version are never modified, only unlinked by garbage collection once two newer versions exist.
+# Two runs replacing different partitions may run concurrently: each merges, under the table's publish
+# lock, with the version current at that moment, so neither loses the other's partitions.
+PARTITION_MANIFEST = "_partition.json"
+
+
+def write_partition_manifest(partition_dir: Path, *, rows: int, run_id: str) -> None:
+    """Row count and run id of one staged partition folder (``<column>=<value>/``); Spark ignores the file."""
+    (partition_dir / PARTITION_MANIFEST).write_text(json.dumps({"rows": rows, "run_id": run_id}))
+
+
+def _partition_value(folder: Path, column: str) -> str | None:
+    prefix = f"{column}="
+    return folder.name[len(prefix):] if folder.is_dir() and folder.name.startswith(prefix) else None

@@ -1,0 +1,435 @@
+"""Batch prediction: score an interval's entities from the lake and publish the predictions as a lake table.
+
+    plan (no Spark: fails early)  interval -> days; the model version by alias or number; the entity
+                                  partitions of those days; the offline feature tables' coverage
+    score (Spark)                 entities of the days -> point-in-time features (``offline.training_set``,
+                                  the code training uses) -> ``mapInPandas`` batches -> ``inplace_predict``
+                                  and calibrated intervals, the bundle loaded once per Python worker
+    stage, validate, publish      Parquet partitioned by day under the run's staging folder -> Great
+                                  Expectations (``expectations/predictions``) on the staged files ->
+                                  ``Lake.publish_partitions`` replaces exactly the interval's days
+
+The table ``predictions__<usecase>`` is a lake table partitioned by the entity source's partition column
+(``sched_dep_date`` for flights). A version is the previous one with the interval's partitions swapped
+(hard links for the rest), made current by an atomic pointer swap: a run killed at any point or failing
+validation leaves the published partitions as they were, and runs over different intervals can overlap.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.featurestore.offline import EVENT_DATE, EVENT_TIME, feature_table_name
+from pipelines.featurestore.spec import FeatureSet, load_feature_set
+from pipelines.lake.tables import Lake, TableNotFound
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import DataFrame, SparkSession
+
+    from pipelines.config import Settings
+    from pipelines.models.bundle import ModelBundle
+    from pipelines.models.registry import VersionRef
+    from pipelines.usecases import UseCase
+
+log = logging.getLogger("atelier.batch")
+
+SUITE = "predictions"
+PREDICTION = "prediction"
+META_COLUMNS = ("model_name", "model_version", "run_id")
+
+
+class BatchPredictError(ValueError):
+    """The interval, the entities or the features cannot be scored; the message says which and why."""
+
+
+def predictions_table(usecase: str) -> str:
+    return f"predictions__{usecase}"
+
+
+def interval_columns(levels: list[str]) -> list[str]:
+    """``["0.8", "0.9"]`` -> ``lower_80, upper_80, lower_90, upper_90``."""
+    out = []
+    for level in levels:
+        pct = f"{float(level) * 100:g}".replace(".", "_")
+        out += [f"lower_{pct}", f"upper_{pct}"]
+    return out
+
+
+def interval_days(start: datetime, end: datetime) -> list[date]:
+    """The days an interval [start, end) touches (a daily data interval gives one day)."""
+    if start >= end:
+        raise BatchPredictError(f"empty interval: start {start.isoformat()} is not before end {end.isoformat()}")
+    first, last = start.date(), (end - timedelta(microseconds=1)).date()
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _partition_dates(folder: Path, column: str) -> set[date]:
+    prefix = f"{column}="
+    out = set()
+    for p in folder.iterdir():
+        if p.is_dir() and p.name.startswith(prefix):
+            try:
+                out.add(date.fromisoformat(p.name[len(prefix):]))
+            except ValueError:
+                continue
+    return out
+
+
+@dataclass
+class Plan:
+    """What a run will do, checked before Spark starts."""
+
+    usecase: str
+    table: str
+    start: datetime
+    end: datetime
+    days: list[date]
+    entity_table: str
+    partition_column: str
+    key: str
+    event_time: str
+    model: VersionRef
+    run_id: str
+
+    @property
+    def day_values(self) -> list[str]:
+        return [d.isoformat() for d in self.days]
+
+
+@dataclass
+class BatchResult:
+    table: str
+    version: str
+    run_id: str
+    model_name: str
+    model_version: str
+    days: list[str]
+    input_rows: int
+    output_rows: int
+    partitions: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+    report: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def plan(settings: Settings, usecase: UseCase, start: datetime, end: datetime, run_id: str,
+         alias: str | None = None, version: str | None = None, lake: Lake | None = None) -> Plan:
+    """Check the interval, the model and the inputs without Spark; raise with a readable reason."""
+    from pipelines.models.registry import resolve_version
+
+    features = load_feature_set(usecase)
+    if features.label is None:
+        raise BatchPredictError(f"use case '{usecase.name}' declares no label (features.yaml): "
+                                "batch prediction scores the label's entities")
+    days = interval_days(start, end)
+    lake = lake or Lake(settings.lake_root)
+    spec = features.label
+    entity_table = usecase.tables[spec.source]
+    if len(entity_table.partition_by) != 1:
+        raise BatchPredictError(f"lake table '{spec.source}' must be partitioned by one (date) column to be "
+                                f"scored by day; it is partitioned by {entity_table.partition_by}")
+    partition_column = entity_table.partition_by[0]
+    model = resolve_version(settings, usecase.name, alias=None if version else (alias or "champion"),
+                            version=version)
+    try:
+        available = _partition_dates(Path(lake.path(spec.source)), partition_column)
+    except TableNotFound as exc:
+        raise BatchPredictError(f"no entities to score: {exc}") from None
+    if not available.intersection(days):
+        span = f"{min(available)} .. {max(available)}" if available else "none"
+        raise BatchPredictError(
+            f"empty interval: lake table '{spec.source}' has no {partition_column} partition in "
+            f"[{days[0]}, {days[-1]}] (interval {start.isoformat()} .. {end.isoformat()}); "
+            f"partitions available: {span}")
+    check_feature_coverage(lake, features, start, end)
+    return Plan(usecase.name, predictions_table(usecase.name), start, end, days, spec.source, partition_column,
+                spec.keys[0] if len(spec.keys) == 1 else "__label_id", spec.event_time, model, run_id)
+
+
+def check_feature_coverage(lake: Lake, features: FeatureSet, start: datetime, end: datetime) -> None:
+    """Every offline feature table exists and reaches the interval: its latest ``event_date`` partition is
+    no older than the interval's last day minus the view's TTL (else every row would silently get the
+    defaults), and no day is missing from the TTL window of the interval's first day to that latest day."""
+    problems = []
+    for view in features.batch_views:
+        name = feature_table_name(features.usecase, view.name)
+        try:
+            dates = _partition_dates(Path(lake.path(name)), EVENT_DATE)
+        except TableNotFound:
+            problems.append(f"offline feature table '{name}' is not published (run features_offline)")
+            continue
+        ttl = view.ttl or timedelta(0)
+        needed_last = (end - timedelta(days=1) - ttl).date()
+        if not dates or max(dates) < needed_last:
+            latest = max(dates).isoformat() if dates else "no partitions"
+            problems.append(f"offline feature table '{name}' ends at {latest}: the interval "
+                            f"{start.date()} .. {(end - timedelta(microseconds=1)).date()} needs {EVENT_DATE} "
+                            f"partitions up to at least {needed_last} (TTL {ttl}); run features_offline")
+            continue
+        window_first = max((start - ttl).date(), min(dates))
+        window_last = min((end - timedelta(microseconds=1)).date(), max(dates))
+        missing = [window_first + timedelta(days=i) for i in range((window_last - window_first).days + 1)
+                   if window_first + timedelta(days=i) not in dates]
+        if missing:
+            shown = ", ".join(d.isoformat() for d in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            problems.append(f"offline feature table '{name}' lacks {EVENT_DATE} partition(s) {shown} "
+                            f"inside the interval's feature window")
+    if problems:
+        raise BatchPredictError("missing feature partitions:\n  " + "\n  ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------ scoring
+_WORKER_BUNDLES: dict[str, ModelBundle] = {}
+
+
+def bundle_files(bundle: ModelBundle) -> dict[str, bytes]:
+    """The bundle's files as bytes: what the driver broadcasts to the executors."""
+    if bundle.path is None:
+        raise BatchPredictError("the model bundle has no folder to ship to the executors")
+    return {p.name: p.read_bytes() for p in sorted(bundle.path.iterdir()) if p.is_file()}
+
+
+def worker_bundle(key: str, files: Any, version: str, threads: int = 1, loads: Any = None) -> ModelBundle:
+    """The bundle of `key`, loaded once per Python worker process from the broadcast files (``loads``, an
+    accumulator, counts the loads)."""
+    from pipelines.models.bundle import ModelBundle
+
+    bundle = _WORKER_BUNDLES.get(key)
+    if bundle is None:
+        folder = Path(tempfile.gettempdir()) / "atelier-bundles" / key
+        if not (folder / "bundle.json").exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
+            for name, data in files.value.items():
+                (tmp / name).write_bytes(data)
+            try:
+                os.rename(tmp, folder)
+            except OSError:  # another worker of this machine won the race: same immutable content
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+        bundle = ModelBundle.load(folder, version=version)
+        # Spark already runs one task per core: one XGBoost thread per task avoids oversubscription.
+        bundle.booster.set_param({"nthread": threads})
+        _WORKER_BUNDLES[key] = bundle
+        if loads is not None:
+            loads.add(1)
+    return bundle
+
+
+def score_batches(batches: Iterator[pd.DataFrame], bundle: ModelBundle, columns: list[str],
+                  meta: dict[str, str]) -> Iterator[pd.DataFrame]:
+    """Add the prediction, its intervals and the model's identity to each pandas batch."""
+    for frame in batches:
+        matrix = bundle.matrix(frame)
+        predictions = bundle.predict(matrix)
+        frame[PREDICTION] = predictions
+        bounds = bundle.intervals(predictions, matrix)
+        for level, (low, high) in bounds.items():
+            lo_name, hi_name = interval_columns([level])
+            frame[lo_name], frame[hi_name] = low, high
+        for name, value in meta.items():
+            frame[name] = value
+        yield frame[columns]
+
+
+def score(spark: SparkSession, frame: DataFrame, bundle: ModelBundle, run_id: str,
+          loads: Any = None) -> DataFrame:
+    """``frame`` (the model's features among its columns) with predictions, intervals, model and run id.
+
+    The bundle's files are broadcast once; each Python worker loads them once (``worker_bundle``) and
+    scores its Arrow batches with ``inplace_predict``. ``loads`` (an accumulator) counts worker loads."""
+    import hashlib
+
+    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
+    missing = [f for f in bundle.feature_names if f not in frame.columns]
+    if missing:
+        raise BatchPredictError(f"model {bundle.model_name} v{bundle.version} needs features {missing} that the "
+                                f"use case's features.yaml does not produce (retrain, or pin a matching version)")
+    files = bundle_files(bundle)
+    digest = hashlib.sha256(b"".join(files[n] for n in sorted(files))).hexdigest()[:12]
+    key = f"{bundle.model_name}-{bundle.version}-{digest}"
+    shipped = spark.sparkContext.broadcast(files)
+    levels = [f"{level:g}" for level in bundle.calibration.levels]
+    added = [StructField(PREDICTION, DoubleType(), True),
+             *[StructField(c, DoubleType(), True) for c in interval_columns(levels)],
+             *[StructField(c, StringType(), False) for c in META_COLUMNS]]
+    schema = StructType([*[f for f in frame.schema.fields if f.name not in {a.name for a in added}], *added])
+    columns = [f.name for f in schema.fields]
+    meta = {"model_name": bundle.model_name, "model_version": str(bundle.version), "run_id": run_id}
+    version = str(bundle.version)
+
+    # A partial of module-level functions: pickled by reference, so the workers use this module's cache.
+    predict = functools.partial(_predict_partition, key=key, files=shipped, version=version, columns=columns,
+                                meta=meta, loads=loads)
+    return frame.mapInPandas(predict, schema)
+
+
+def _predict_partition(batches: Iterator[pd.DataFrame], *, key: str, files: Any, version: str, columns: list[str],
+                       meta: dict[str, str], loads: Any) -> Iterator[pd.DataFrame]:
+    yield from score_batches(batches, worker_bundle(key, files, version, loads=loads), columns, meta)
+
+
+# ------------------------------------------------------------------------------------------ the run
+def read_entities(spark: SparkSession, lake: Lake, p: Plan) -> DataFrame:
+    from pyspark.sql import functions as F  # noqa: N812
+
+    frame = spark.read.parquet(lake.path(p.entity_table))
+    return frame.where(F.col(p.partition_column).isin([F.lit(d) for d in p.days]))
+
+
+def interval_feature_tables(spark: SparkSession, lake: Lake, features: FeatureSet,
+                            p: Plan) -> dict[str, DataFrame]:
+    """Each view's offline rows that can matter to the interval's entities: event time within the TTL
+    before the interval (one extra day each side for entities whose local day straddles UTC days). The
+    as-of join ignores older rows anyway, so this only prunes work (partition pruning on ``event_date``)."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    lo_day, hi_day = p.days[0] - timedelta(days=1), p.days[-1] + timedelta(days=2)
+    tables = {}
+    for view in features.batch_views:
+        ttl = view.ttl or timedelta(0)
+        lo = datetime.combine(lo_day, datetime.min.time(), UTC) - ttl
+        hi = datetime.combine(hi_day, datetime.min.time(), UTC)
+        frame = spark.read.parquet(lake.path(feature_table_name(features.usecase, view.name)))
+        tables[view.name] = frame.where((F.col(EVENT_DATE) >= F.lit(lo.date())) & (F.col(EVENT_DATE) <= F.lit(hi.date()))
+                                        & (F.col(EVENT_TIME) >= F.lit(lo)) & (F.col(EVENT_TIME) < F.lit(hi)))
+    return tables
+
+
+def features_frame(spark: SparkSession, lake: Lake, features: FeatureSet, p: Plan, entities: DataFrame) -> DataFrame:
+    """The entities with their point-in-time features, by the training set's code (defaults applied)."""
+    from pipelines.featurestore.offline import training_set
+
+    assert features.label is not None
+    frame = training_set(spark, lake, features, None, None, tables=interval_feature_tables(spark, lake, features, p),
+                         labels=entities, with_defaults=True)
+    # The label is what is being predicted: not known when scoring, never carried into the output.
+    frame = frame.drop(features.label.column)
+    partition = entities.select(p.key, p.partition_column)
+    return frame.join(partition, p.key, "inner")
+
+
+def validate_output(frame: DataFrame, p: Plan, input_rows: int, levels: list[str], settings: Settings):
+    """Great Expectations on the staged predictions (suite ``expectations/predictions``, parameters filled
+    in). Returns the report; raises ``ValidationFailed`` (report saved) on a violation."""
+    from pipelines.quality.expectations import EXPECTATIONS_DIR, ValidationFailed, validate_frames
+
+    params: dict[str, Any] = {"input_rows": input_rows, "key": p.key, "partition": p.partition_column}
+    cols = interval_columns(levels)
+    # Intervals nest outwards: lower_90 <= lower_80 <= prediction <= upper_80 <= upper_90 (levels ascending).
+    lowers, uppers = cols[0::2], cols[1::2]
+    pairs = [(PREDICTION, lowers[0]), (uppers[0], PREDICTION)]
+    pairs += [(lowers[i], lowers[i + 1]) for i in range(len(lowers) - 1)]
+    pairs += [(uppers[i + 1], uppers[i]) for i in range(len(uppers) - 1)]
+    with tempfile.TemporaryDirectory(prefix="atelier-suite-") as tmp:
+        write_suite(EXPECTATIONS_DIR / SUITE / "suite.yaml", Path(tmp) / SUITE / "suite.yaml", params, pairs)
+        report = validate_frames({p.table: (frame, SUITE)}, p.run_id, expectations_dir=Path(tmp))
+    folder = settings.home_path / "reports" / p.usecase / "batch_predict" / _safe(p.run_id)
+    report.save(folder)
+    if not report.success:
+        raise ValidationFailed(report)
+    return report
+
+
+def write_suite(source: Path, target: Path, params: dict[str, Any], ordered_pairs: list[tuple[str, str]]) -> None:
+    """The suite with ``{$param: name}`` kwargs filled in and, for ``column_pairs: {$param: ordered}``, one
+    ``a >= b`` expectation per ordered pair of columns."""
+    import yaml
+
+    suite = yaml.safe_load(source.read_text())
+    out = []
+    for exp in suite["expectations"]:
+        kwargs = exp.get("kwargs") or {}
+        if kwargs.get("column_pairs") == {"$param": "ordered"}:
+            rest = {k: v for k, v in kwargs.items() if k != "column_pairs"}
+            out += [{"type": exp["type"], "kwargs": {"column_A": a, "column_B": b, **rest}} for a, b in ordered_pairs]
+            continue
+        filled = {}
+        for name, value in kwargs.items():
+            if isinstance(value, dict) and "$param" in value:
+                if value["$param"] not in params:
+                    raise BatchPredictError(f"{source}: unknown parameter {value['$param']!r} "
+                                            f"(known: {sorted(params)})")
+                value = params[value["$param"]]
+            filled[name] = value
+        out.append({**exp, "kwargs": filled})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump({"expectations": out}))
+
+
+def _safe(run_id: str) -> str:
+    from pipelines.lake.tables import safe_name
+
+    return safe_name(run_id)
+
+
+def run(spark: SparkSession, settings: Settings, usecase: UseCase, p: Plan, loads: Any = None,
+        bundle: ModelBundle | None = None) -> BatchResult:
+    """Score the plan's interval and publish its partitions (see the module docstring). ``bundle`` (default:
+    the plan's registered version, downloaded once) is for tests that score a bundle folder directly."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    from pipelines.lake.tables import write_partition_manifest
+    from pipelines.models.registry import load_bundle
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    lake = Lake(settings.lake_root)
+    features = load_feature_set(usecase)
+    bundle = bundle or load_bundle(settings, p.model.name, version=p.model.version)
+    if bundle.feature_spec_hash and usecase.path.joinpath("features.yaml").exists():
+        from pipelines.models.bundle import feature_spec_hash
+
+        current = feature_spec_hash(usecase.path.joinpath("features.yaml").read_text())
+        if current != bundle.feature_spec_hash:
+            log.warning("model %s v%s was trained with another features.yaml (hash %s, now %s): features are "
+                        "computed by today's definitions", p.model.name, p.model.version,
+                        bundle.feature_spec_hash, current)
+    entities = read_entities(spark, lake, p)
+    input_rows = entities.count()
+    if input_rows == 0:
+        raise BatchPredictError(f"empty interval: no rows of '{p.entity_table}' on {p.days[0]} .. {p.days[-1]}")
+    timings["read_entities"] = time.perf_counter() - t0
+
+    scored = score(spark, features_frame(spark, lake, features, p, entities), bundle, p.run_id, loads)
+    # One file per day, rows in key order: a re-run writes the same rows in the same order.
+    scored = scored.repartition(F.col(p.partition_column)).sortWithinPartitions(p.key)
+    lake.discard_staging(p.table, p.run_id)
+    staged = lake.staging_path(p.table, p.run_id)
+    t1 = time.perf_counter()
+    scored.write.mode("overwrite").partitionBy(p.partition_column).parquet(str(staged))
+    timings["join_score_write"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    written = spark.read.parquet(str(staged))
+    counts = {str(r[0]): int(r[1]) for r in written.groupBy(p.partition_column).count().collect()}
+    levels = [f"{level:g}" for level in bundle.calibration.levels]
+    try:
+        report = validate_output(written, p, input_rows, levels, settings)
+    except Exception:
+        lake.discard_staging(p.table, p.run_id)
+        raise
+    timings["validate"] = time.perf_counter() - t2
+    for value, rows in counts.items():
+        write_partition_manifest(staged / f"{p.partition_column}={value}", rows=rows, run_id=p.run_id)
+    version = lake.publish_partitions(p.table, p.run_id, column=p.partition_column, replace=p.day_values,
+                                      columns=written.columns)
+    timings["total"] = time.perf_counter() - t0
+    return BatchResult(p.table, version, p.run_id, p.model.name, p.model.version, p.day_values, input_rows,
+                       sum(counts.values()), dict(sorted(counts.items())), {k: round(v, 2) for k, v in timings.items()},
+                       report.to_text().splitlines()[0])
