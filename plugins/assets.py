@@ -18,3 +18,19 @@ def feature_view(usecase: str, view: str) -> Asset:
 def offline_features(usecase: str) -> Asset:
     """A use case's offline feature tables (the point-in-time training sets read them)."""
     return Asset(name=f"offline_features.{usecase}", uri=f"atelier://offline-features/{usecase}", group="features")
+
+
+def retrain_request(usecase: str) -> Asset:
+    """A request to retrain a use case's model (drift alerts and operators emit it; model_train consumes it)."""
+    return Asset(name=f"retrain.{usecase}", uri=f"atelier://retrain/{usecase}", group="models")
+
+
+def model_production(usecase: str) -> Asset:
+    """A new production (champion) model version of a use case; the deployment DAG consumes it."""
+    return Asset(name=f"model.{usecase}.production", uri=f"atelier://models/{usecase}/production", group="models")
+
+
+def predictions(usecase: str) -> Asset:
+    """A use case's batch predictions lake table (``predictions__<usecase>``, partitioned by day); the
+    feedback loop and drift checks read it."""
+    return Asset(name=f"predictions.{usecase}", uri=f"atelier://lake/predictions__{usecase}", group="predictions")
