@@ -102,6 +102,8 @@ class ApiSettings(_Section):
     usecases: list[str] = Field(default_factory=lambda: ["flights_eta"], min_length=1,
                                 description="use cases served; the first is the default of a request")
     model_alias: str = Field("champion", description="registry alias of the version served")
+    models: dict[str, str] = Field(default_factory=dict, description="use case -> registered model name "
+                                   "(default: the use case's name)")
     deadline_ms: int = Field(50, ge=5, le=60_000, description="every request ends within this time")
     feature_timeout_ms: int = Field(20, ge=1, le=60_000, description="online store read budget")
     triton_timeout_ms: int = Field(25, ge=1, le=60_000, description="Triton inference budget")

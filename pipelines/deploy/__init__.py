@@ -1,0 +1,13 @@
+"""Deployment: a registered model version exported to Triton (python backend here, FIL in the cluster image)."""
+
+from pipelines.deploy.triton import (
+    DeployedModel,
+    export_fil_model,
+    export_python_model,
+    fil_model_config,
+    load_on_triton,
+    triton_python_config,
+)
+
+__all__ = ["DeployedModel", "export_fil_model", "export_python_model", "fil_model_config", "load_on_triton",
+           "triton_python_config"]

@@ -1,0 +1,53 @@
+"""Small resilience parts of the hot path: a circuit breaker and the clock."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+__all__ = ["CircuitBreaker", "parse_as_of"]
+
+
+class CircuitBreaker:
+    """Closed -> open after ``failures`` consecutive failures; after ``cooldown_s`` one probe is let through
+    (half-open): its success closes the breaker, its failure opens it again. Not thread-safe: one event loop."""
+
+    def __init__(self, failures: int = 3, cooldown_s: float = 1.0) -> None:
+        self.threshold, self.cooldown_s = failures, cooldown_s
+        self.failures = 0
+        self.open_until = 0.0
+        self.probing = False
+
+    @property
+    def state(self) -> str:
+        if self.failures < self.threshold:
+            return "closed"
+        return "half_open" if time.monotonic() >= self.open_until else "open"
+
+    def allow(self) -> bool:
+        if self.failures < self.threshold:
+            return True
+        now = time.monotonic()
+        if now < self.open_until or self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def success(self) -> None:
+        self.failures, self.probing = 0, False
+
+    def failure(self) -> None:
+        self.failures += 1
+        self.probing = False
+        if self.failures >= self.threshold:
+            self.open_until = time.monotonic() + self.cooldown_s
+
+
+def parse_as_of(text: str) -> datetime:
+    """An ISO 8601 instant with a time zone (``2013-12-30T18:00:00Z``); ValueError otherwise."""
+    if len(text) > 40:
+        raise ValueError("too long for an ISO 8601 timestamp")
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError("needs a time zone, e.g. 2013-12-30T18:00:00Z")
+    return value.astimezone(UTC)

@@ -1,0 +1,94 @@
+"""A real (small) model bundle trained on the use case's real feature names: for tests and benchmarks that run
+before a model has been trained and registered (the training pipeline registers the real one).
+
+The booster is trained on synthetic rows whose value ranges follow each feature's default; it is a real
+XGBoost model with a real split-conformal calibration, training ranges and linear fallback: everything the
+API does with a registered bundle, it does with this one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.featurestore.spec import FeatureSet
+from pipelines.models.bundle import Calibration, LinearFallback, ModelBundle, feature_spec_hash
+
+__all__ = ["synthetic_bundle"]
+
+
+def synthetic_bundle(features: FeatureSet, folder: Path, *, rows: int = 20_000, trees: int = 60, depth: int = 6,
+                     seed: int = 7, version: str = "1") -> ModelBundle:
+    """Train, calibrate and save a bundle into ``folder``; ``bundle.version`` = ``version``."""
+    import pandas as pd
+    import xgboost
+
+    rng = np.random.default_rng(seed)
+    names = features.feature_names
+    data: dict[str, np.ndarray] = {}
+    for name in names:
+        if name == "dep_delay_known":
+            data[name] = np.clip(rng.exponential(20, rows) - 8, -30, 600)
+        elif name == "sched_dep_hour":
+            data[name] = rng.integers(5, 23, rows).astype(float)
+        elif name == "sched_dep_dow":
+            data[name] = rng.integers(0, 7, rows).astype(float)
+        elif name == "sched_month":
+            data[name] = rng.integers(1, 13, rows).astype(float)
+        elif name == "carrier_index":
+            data[name] = rng.integers(0, 16, rows).astype(float)
+        elif name == "dep_delay_bucket":
+            data[name] = np.digitize(data.get("dep_delay_known", rng.normal(0, 20, rows)), [0, 15, 30, 60, 120])
+        else:
+            default = next((f.default for v in features.batch_views for f in v.features if f.name == name), None)
+            scale = abs(float(default)) if default not in (None, 0, 0.0) else 10.0
+            data[name] = np.abs(rng.normal(scale, scale / 3 + 1, rows))
+    frame = pd.DataFrame(data)[names]
+    dep = frame.get("dep_delay_known", pd.Series(np.zeros(rows)))
+    route = frame.get("route_arr_delay_mean_30d", pd.Series(np.zeros(rows)))
+    label = (0.95 * dep + 0.3 * route - 4 + rng.normal(0, 9, rows)).to_numpy()
+    split = int(rows * 0.8)
+    train = xgboost.DMatrix(frame.iloc[:split].to_numpy(np.float32), label=label[:split], feature_names=names)
+    booster = xgboost.train({"max_depth": depth, "eta": 0.1, "objective": "reg:squarederror", "nthread": 2},
+                            train, num_boost_round=trees)
+    valid = frame.iloc[split:].to_numpy(np.float32)
+    residuals = label[split:] - booster.inplace_predict(valid)
+    calibration = Calibration.fit(residuals, [0.8, 0.9])
+    ranges = {n: (float(np.percentile(frame[n], 0.1)), float(np.percentile(frame[n], 99.9))) for n in names}
+    fallback_features = [n for n in ("dep_delay_known", "route_arr_delay_mean_30d", "tail_arr_delay_mean_7d")
+                         if n in names]
+    fallback = LinearFallback.fit(frame.iloc[:split], fallback_features, label[:split])
+    defaults = {f.name: float(f.default) for v in features.batch_views for f in v.features
+                if isinstance(f.default, (int, float))}
+    bundle = ModelBundle(usecase=features.usecase, model_name=features.usecase, label="arr_delay",
+                         feature_names=names, feature_defaults=defaults, calibration=calibration,
+                         feature_ranges=ranges, fallback=fallback, feature_spec_hash=feature_spec_hash("synthetic"),
+                         lineage={"source": "serving.testing.synthetic_bundle", "rows": rows, "seed": seed})
+    bundle.save(folder, booster=booster)
+    bundle.version = version
+    return bundle
+
+
+def register_bundle(settings, bundle: ModelBundle, name: str, alias: str = "champion"):  # noqa: ANN001, ANN201
+    """Log ``bundle`` to a new MLflow run (artifact path ``atelier/bundle``), register it as a new version of
+    ``name`` and point ``alias`` at it, as training does. Returns the registry's VersionRef."""
+    import mlflow
+
+    from pipelines.models.registry import BUNDLE_ARTIFACT_PATH, client, resolve_version
+
+    c = client(settings)
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    experiment = mlflow.set_experiment(f"{name}-serving-tests")
+    assert bundle.path is not None
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="synthetic-bundle") as run:
+        mlflow.log_artifacts(str(bundle.path), BUNDLE_ARTIFACT_PATH)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.create_registered_model(name)
+    except MlflowException:
+        pass  # already registered
+    mv = c.create_model_version(name, source=f"runs:/{run.info.run_id}/{BUNDLE_ARTIFACT_PATH}", run_id=run.info.run_id)
+    c.set_registered_model_alias(name, alias, mv.version)
+    return resolve_version(settings, name, alias)
