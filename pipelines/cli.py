@@ -7,6 +7,7 @@
     atelier [--profile P] dags trigger DAG_ID [--conf JSON]   through Airflow's REST API, waiting for the end
     atelier [--profile P] airflow ARGS...             the airflow CLI, with Atelier's Airflow environment
     atelier [--profile P] config                      the effective settings
+    atelier [--profile P] serve [--host H] [--port N] the prediction API (uvicorn; OpenAPI at /docs)
     atelier [--profile P] demo                        the main job on embedded defaults
 """
 
@@ -218,6 +219,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     print(f"done in {time.monotonic() - started:.0f} s. Services keep running; stop them with `make down`.")
 
 
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.server import serve
+
+    try:
+        serve(settings, args.host, args.port)
+    except RuntimeError as exc:  # e.g. auth required and no ATELIER_API_TOKEN
+        raise CliError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description="Atelier ML platform")
     parser.add_argument("--profile", help="settings profile: local (default), test, cluster, ... "
@@ -249,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("airflow", help="run the airflow CLI with Atelier's Airflow environment")
     p.add_argument("airflow_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_airflow)
+
+    p = sub.add_parser("serve", help="run the prediction API (settings.api; OpenAPI at /docs)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("config", help="print the effective settings")
     p.set_defaults(func=cmd_config)
