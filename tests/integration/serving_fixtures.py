@@ -1,0 +1,171 @@
+"""Shared pieces of the prediction API's integration tests: real online features (materialized by Spark from
+the test lake into SQLite or Cassandra), a model registered in the test MLflow, and the API as a real server
+process (``python -m serving.server``) against the test Triton or another one.
+
+Until training registers the use case's real model, the model is :func:`serving.testing.synthetic_bundle`
+(a real XGBoost booster on the real feature names), registered under its own name so it never touches the
+use case's own registry entry.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipelines.config import REPO_ROOT, load_settings
+
+TEST_MODEL = "flights_eta_serving_test"
+WINDOW = (datetime(2013, 12, 30, tzinfo=UTC), datetime(2013, 12, 31, tzinfo=UTC))
+AS_OF = "2013-12-31T00:00:00Z"
+CASSANDRA_KEYSPACE = "atelier_test_serving"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serving_features(usecase):
+    from pipelines.featurestore.spec import load_feature_set
+
+    return load_feature_set(usecase)
+
+
+@pytest.fixture(scope="session")
+def serving_model(settings, mlflow_service, serving_features, tmp_path_factory):
+    """(VersionRef, ModelBundle) of the synthetic model registered as TEST_MODEL@champion (reused if present)."""
+    from pipelines.models.registry import ModelNotFound, load_bundle, resolve_version
+    from serving.testing import register_bundle, synthetic_bundle
+
+    try:
+        ref = resolve_version(settings, TEST_MODEL, "champion")
+    except ModelNotFound:
+        bundle = synthetic_bundle(serving_features, tmp_path_factory.mktemp("bundle") / "bundle")
+        ref = register_bundle(settings, bundle, TEST_MODEL)
+    return ref, load_bundle(settings, TEST_MODEL, version=ref.version)
+
+
+def _materialize(spark, store_settings, features) -> None:
+    from pipelines.featurestore import materialize
+
+    for view in features.batch_views:
+        materialize.materialize_view(spark, store_settings, features, view, *WINDOW, now=WINDOW[1])
+
+
+@pytest.fixture(scope="session")
+def sqlite_features(spark, published_lake, serving_features, tmp_path_factory):
+    """Settings overrides of a SQLite online store holding the materialized last day of 2013-12-30."""
+    db = tmp_path_factory.mktemp("online") / "features.db"
+    overrides = {"ATELIER__ONLINE_STORE__BACKEND": "sqlite", "ATELIER__ONLINE_STORE__SQLITE_PATH": str(db)}
+    _materialize(spark, load_settings("test", environ={**os.environ, **overrides}), serving_features)
+    return overrides
+
+
+@pytest.fixture(scope="session")
+def cassandra_features(spark, published_lake, serving_features, cassandra_service):
+    overrides = {"ATELIER__ONLINE_STORE__BACKEND": "cassandra", "ATELIER__CASSANDRA__KEYSPACE": CASSANDRA_KEYSPACE}
+    _materialize(spark, load_settings("test", environ={**os.environ, **overrides}), serving_features)
+    return overrides
+
+
+@pytest.fixture(scope="session")
+def real_flights(published_lake):
+    """Real flights of the last evening of 2013-12-30 (UTC), with tail numbers, as API request rows."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    data = ds.dataset(published_lake.path("flights"), format="parquet", partitioning="hive")
+    table = data.to_table(columns=["origin", "dest", "carrier", "tailnum", "sched_dep_ts", "sched_arr_ts",
+                                   "dep_delay", "flight_id"],
+                          filter=(pc.field("sched_dep_date") == "2013-12-30"))
+    frame = table.to_pandas()
+    frame = frame[(frame.sched_dep_ts >= "2013-12-30T21:00:00Z") & frame.tailnum.notna()
+                  & frame.dep_delay.notna()].sort_values("flight_id").head(40)
+    rows = []
+    for r in frame.itertuples(index=False):
+        rows.append({"origin": r.origin, "dest": r.dest, "carrier": r.carrier, "tailnum": r.tailnum,
+                     "sched_dep_ts": r.sched_dep_ts.isoformat(), "sched_arr_ts": r.sched_arr_ts.isoformat(),
+                     "dep_delay": float(r.dep_delay)})
+    assert len(rows) >= 20
+    return rows
+
+
+@dataclass
+class ApiServer:
+    """``python -m serving.server`` with the test profile and ``env`` overrides; stopped with SIGTERM."""
+
+    env: dict[str, str]
+    log_dir: Path
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    output: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def start(self, ready_timeout_s: float = 120.0, wait_ready: bool = True) -> ApiServer:
+        env = {**os.environ, "ATELIER_PROFILE": "test", "ATELIER_API_TOKEN": self.token,
+               "ATELIER__API__PORT": str(self.port), "ATELIER__API__PREDICTION_LOG_DIR": str(self.log_dir),
+               "ATELIER__API__MODELS": f"{{flights_eta: {TEST_MODEL}}}", **self.env}
+        self.output = self.log_dir.parent / f"server-{self.port}.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving.server"], cwd=REPO_ROOT, env=env,  # noqa: S603
+                                     stdout=self.output.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the API exited ({self.proc.returncode}):\n{self.output.read_text()[-3000:]}")
+            try:
+                r = httpx.get(f"{self.url}/readyz", timeout=5)
+                if r.status_code == 200 or (not wait_ready and r.status_code == 503):
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the API was not ready in {ready_timeout_s} s:\n{self.output.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+def read_log(folder: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for path in sorted(folder.rglob("*.jsonl")) for line in path.read_text().splitlines()]
+
+
+def wait_for_log(folder: Path, request_id: str, timeout_s: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for record in read_log(folder):
+            if record["request_id"] == request_id:
+                return record
+        time.sleep(0.2)
+    raise AssertionError(f"request {request_id} is not in the prediction log under {folder}")
