@@ -25,9 +25,10 @@ def retrain_request(usecase: str) -> Asset:
     return Asset(name=f"retrain.{usecase}", uri=f"atelier://retrain/{usecase}", group="models")
 
 
-def model_production(usecase: str) -> Asset:
-    """A new production (champion) model version of a use case; the deployment DAG consumes it."""
-    return Asset(name=f"model.{usecase}.production", uri=f"atelier://models/{usecase}/production", group="models")
+def model_production() -> Asset:
+    """A model version reached production (became champion); the event's extra names the use case, the model
+    and the version. The deployment DAG consumes it."""
+    return Asset(name="models.production", uri="atelier://models/production", group="models")
 
 
 def predictions(usecase: str) -> Asset:

@@ -63,12 +63,13 @@ def experiment_name(usecase: str) -> str:
 
 
 def _find_registered(c: Any, model_name: str, run_id: str) -> Any | None:
+    """The version a run registered, if any. Also the first call of a run: MLflow down fails it here, fast."""
     from mlflow.exceptions import MlflowException
 
     try:
         found = c.search_model_versions(f"name = '{model_name}' and tag.`{RUN_ID_TAG}` = '{run_id}'")
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        raise RegistryUnavailable(f"MLflow at {c.tracking_uri}: {str(exc).splitlines()[0][:300]}") from None
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
