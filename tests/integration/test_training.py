@@ -223,3 +223,60 @@ def test_two_concurrent_promotions_cannot_both_win(settings, lifecycle_model):
     loser = next(v for v in versions if v not in winners)
     assert resolve_version(settings, name, alias="champion").version == winners[0]
     assert resolve_version(settings, name, version=loser).stage == "staging"
+
+
+# --------------------------------------------------------------------------------------- through Airflow
+@pytest.fixture(scope="module")
+def airflow(airflow_service, settings):
+    from pipelines.cli import _airflow_client
+
+    client = _airflow_client(settings)
+    client.wait_for_dag("model_train")
+    return client
+
+
+@pytest.mark.slow
+def test_model_train_through_airflow(airflow, settings, usecase, offline_feature_tables, registered_model):
+    """From the UI's trigger form to a registered, gated version (the task instances run the real jobs)."""
+    import json
+
+    from pipelines.lifecycle.registry import audit_trail
+    from pipelines.models.registry import client
+    from pipelines.training.pipeline import _find_registered
+
+    run_id = airflow.trigger("model_train", {"usecase": usecase.name, "start": "2013-09-01", "end": "2014-01-01",
+                                             "hyperparameters": {"n_estimators": 40}})
+    result = airflow.wait_for_run("model_train", run_id, timeout_s=1200)
+    assert result.state == "success", result.failed_tasks
+    mv = _find_registered(client(settings), "flights_eta", run_id)
+    assert mv is not None
+    tags = dict(mv.tags)
+    gate = json.loads(tags["atelier.gate"])
+    assert gate["rule"] in ("evaluation-to-staging", "staging-to-production")
+    trail = audit_trail(tags)
+    assert trail[0]["to"] == "training" and trail[1]["to"] == "evaluation"
+    assert all(e["by"].startswith(("model_train", "rule")) for e in trail)
+    assert tags["atelier.stage"] == trail[-1]["to"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("params, reason", [
+    ({"hyperparameters": {"max_depth": 99}}, "bad hyperparameter"),
+    ({"start": "2015-01-01", "end": "2015-03-01"}, "empty window"),
+])
+def test_model_train_bad_config_fails_at_check_config(airflow, settings, usecase, params, reason):
+    from pipelines.models.registry import client
+    from pipelines.training.pipeline import _find_registered
+
+    run_id = airflow.trigger("model_train", {"usecase": usecase.name, **params})
+    result = airflow.wait_for_run("model_train", run_id, timeout_s=600)
+    assert result.state == "failed", reason
+    assert "check_config" in result.failed_tasks  # the later tasks are upstream_failed: nothing ran
+    assert _find_registered(client(settings), "flights_eta", run_id) is None
+
+
+def test_unknown_algorithm_is_rejected_at_trigger(airflow, usecase):
+    from pipelines.orchestration import AirflowApiError
+
+    with pytest.raises(AirflowApiError, match="HTTP 400"):
+        airflow.trigger("model_train", {"usecase": usecase.name, "algorithm": "lightgbm"})
