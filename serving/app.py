@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import os
 import re
 import time
@@ -46,6 +47,7 @@ from serving.service import NoModel, PredictionService, StaleFeature
 
 __all__ = ["TOKEN_ENV", "create_app"]
 
+log = logging.getLogger("atelier.serving")
 TOKEN_ENV = "ATELIER_API_TOKEN"
 AS_OF_HEADER = "x-atelier-as-of"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
@@ -137,8 +139,16 @@ def create_app(settings: Settings, service: PredictionService | None = None, tok
         return b"".join(chunks)
 
     def request_id_of(request: Request) -> str:
+        """The caller's X-Request-Id (checked later by :func:`check_request_id`) or a new one."""
         given = request.headers.get("x-request-id")
         return given if given is not None and REQUEST_ID.match(given) else uuid.uuid4().hex
+
+    def check_request_id(request: Request) -> None:
+        given = request.headers.get("x-request-id")
+        if given is not None and not REQUEST_ID.match(given):
+            raise ApiError(422, "invalid_request", "invalid X-Request-Id header",
+                           [{"field": "header.x-request-id", "message": f"must match {REQUEST_ID.pattern}",
+                             "type": "string_pattern_mismatch"}])
 
     def pick_usecase(raw: bytes) -> str:
         if len(svc.runtimes) == 1:
@@ -165,6 +175,7 @@ def create_app(settings: Settings, service: PredictionService | None = None, tok
         metrics.in_flight.inc()
         try:
             authorize(request)
+            check_request_id(request)
             raw = await body(request)
             as_of = clock(request)
             rt = svc.runtime(pick_usecase(raw))
@@ -191,6 +202,11 @@ def create_app(settings: Settings, service: PredictionService | None = None, tok
             if exc.kind != "unauthorized":
                 metrics.errors.labels(exc.kind).inc()
             return _error(exc, request_id)
+        except Exception:  # a bug: say so in JSON (with the request id to find the traceback), count it
+            status = 500
+            log.exception("request %s failed", request_id)
+            metrics.errors.labels("internal").inc()
+            return _error(ApiError(500, "internal", "internal error; the server log has the details"), request_id)
         finally:
             svc.in_flight -= 1
             metrics.in_flight.dec()

@@ -11,7 +11,7 @@ document them in the OpenAPI document.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 import yaml
@@ -26,6 +26,9 @@ __all__ = ["BatchResponse", "ErrorResponse", "PredictionResponse", "RequestSchem
 _TYPES: dict[str, Any] = {"string": str, "double": float, "int": int, "bool": bool, "timestamp": AwareDatetime,
                           "date": date}
 STRING_MAX = 64
+# Instants a request may carry: wide enough for any real schedule, narrow enough that adding a predicted
+# delay never leaves datetime's range.
+TIMESTAMP_RANGE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
@@ -76,6 +79,8 @@ class RequestSchema:
             if dtype == "string":
                 constraints.update(min_length=1, max_length=STRING_MAX)
             lo, hi = ranges.get(column, (None, None))
+            if dtype == "timestamp":
+                constraints.update(ge=TIMESTAMP_RANGE[0], lt=TIMESTAMP_RANGE[1])
             if dtype in ("int", "double"):
                 if lo is not None:
                     constraints["ge"] = lo

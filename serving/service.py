@@ -96,9 +96,12 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _plus_minutes(ts: datetime, minutes: float) -> str:
-    """``ts`` + minutes, to the second."""
-    return _iso(ts + timedelta(seconds=round(minutes * 60)))
+def _plus_minutes(ts: datetime, minutes: float) -> str | None:
+    """``ts`` + minutes, to the second (None if that leaves datetime's range)."""
+    try:
+        return _iso(ts + timedelta(seconds=round(minutes * 60)))
+    except (OverflowError, ValueError):
+        return None
 
 
 class PredictionService:
