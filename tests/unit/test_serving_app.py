@@ -1,0 +1,96 @@
+"""The API in-process (Starlette's TestClient), on a real SQLite online store and a real (small) model bundle,
+with Triton unreachable (a closed port): auth, token handling, validation, shedding and the fallback path."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipelines.config import load_settings
+from pipelines.featurestore.materialize import online_schema
+from pipelines.featurestore.spec import load_feature_set
+from pipelines.stores.online import get_online_store
+from pipelines.stores.online.base import FeatureRow
+from pipelines.usecases import get_usecase
+from serving.app import create_app
+from serving.service import PredictionService
+
+FLIGHT = {"origin": "JFK", "dest": "LAX", "carrier": "AA", "tailnum": "N335AA",
+          "sched_dep_ts": "2013-12-30T22:00:00Z", "sched_arr_ts": "2013-12-31T04:00:00Z", "dep_delay": 12}
+TOKEN = "unit-test-token"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("app")
+    overrides = {"ATELIER__ONLINE_STORE__SQLITE_PATH": str(tmp / "features.db"),
+                 "ATELIER__API__PREDICTION_LOG_DIR": str(tmp / "log"),
+                 "ATELIER__TRITON__HTTP_PORT": str(_closed_port()), "ATELIER__API__DEPLOY_ON_START": "false"}
+    settings = load_settings("test", environ={**os.environ, **overrides})
+    features = load_feature_set(get_usecase("flights_eta", settings.usecases_path))
+    with get_online_store(settings) as store:
+        for view in features.batch_views:
+            store.apply([online_schema("flights_eta", view)])
+        store.write("flights_eta__aircraft_history",
+                    [FeatureRow(("N335AA",), {"tail_arr_delay_mean_7d": 3.0, "tail_dep_delay_mean_7d": 2.0,
+                                              "tail_flights_7d": 11}, datetime(2013, 12, 30, 20, tzinfo=UTC))],
+                    now=datetime(2013, 12, 31, tzinfo=UTC))
+    from serving.testing import synthetic_bundle
+
+    bundle = synthetic_bundle(features, tmp / "bundle", rows=3_000, trees=10, depth=3, version="1")
+    return settings, bundle
+
+
+def _client(env, **kw):
+    settings, bundle = env
+    service = PredictionService(settings, bundles={"flights_eta": bundle})
+    return TestClient(create_app(settings, service, token=TOKEN, **kw))
+
+
+def test_auth_required_without_token_refuses_to_start(env):
+    settings, _ = env
+    with pytest.raises(RuntimeError, match="ATELIER_API_TOKEN"):
+        create_app(settings, PredictionService(settings), token="")
+
+
+def test_fallback_answers_flagged_when_triton_is_unreachable(env):
+    with _client(env) as client:
+        headers = {"Authorization": f"Bearer {TOKEN}", "X-Atelier-As-Of": "2013-12-31T00:00:00Z"}
+        r = client.post("/v1/predict", json=FLIGHT, headers=headers)
+        assert r.status_code == 200, r.text
+        a = r.json()
+        assert a["degraded"] is True and a["model"]["runtime"] == "fallback"
+        assert a["degraded_reasons"][0].startswith("fallback predictor answered:")
+        assert a["features"]["aircraft_history"]["status"] == "fresh"
+        assert a["features"]["aircraft_history"]["age_seconds"] == 4 * 3600
+        assert a["features"]["route_stats"]["status"] == "missing"
+        assert a["confidence"]["level"] == "low"
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/healthz").status_code == 200
+        assert client.post("/v1/predict", json=FLIGHT).status_code == 401
+        bad = client.post("/v1/predict", json={**FLIGHT, "dep_delay": "x"}, headers=headers)
+        assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "dep_delay"
+        assert client.post("/v1/predict", json=FLIGHT,
+                           headers={**headers, "X-Request-Id": "bad id!"}).status_code == 422
+        doc = client.get("/openapi.json").json()
+        assert doc["components"]["schemas"]["FlightsEtaBatchRequest"]["properties"]["requests"]["maxItems"] == 256
+
+
+def test_as_of_header_refused_where_not_allowed(env):
+    settings, bundle = env
+    strict = settings.model_copy(update={"api": settings.api.model_copy(update={"allow_as_of_header": False})})
+    service = PredictionService(strict, bundles={"flights_eta": bundle})
+    with TestClient(create_app(strict, service, token=TOKEN)) as client:
+        r = client.post("/v1/predict", json=FLIGHT, headers={"Authorization": f"Bearer {TOKEN}",
+                                                             "X-Atelier-As-Of": "2013-12-31T00:00:00Z"})
+        assert r.status_code == 422 and r.json()["fields"][0]["field"] == "header.x-atelier-as-of"
