@@ -8,6 +8,9 @@
     atelier [--profile P] airflow ARGS...             the airflow CLI, with Atelier's Airflow environment
     atelier [--profile P] config                      the effective settings
     atelier [--profile P] serve [--host H] [--port N] the prediction API (uvicorn; OpenAPI at /docs)
+    atelier [--profile P] models list [--usecase U]   registered versions: stage, aliases, holdout metrics
+    atelier [--profile P] models history MODEL VERSION       the version's audited lifecycle moves
+    atelier [--profile P] models move MODEL VERSION STAGE --why TEXT   a manual (audited) lifecycle move
     atelier [--profile P] demo                        the main job on embedded defaults
 """
 
@@ -211,12 +214,76 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     window = {"usecase": usecase.name, "start": DEMO_FEATURE_WINDOW[0], "end": DEMO_FEATURE_WINDOW[1]}
     trigger_and_wait(settings, "features_materialize", window)
     _print_online_sample(settings, usecase)
-    print("5. where things are")
+    print("5. training: PIT training set -> Great Expectations -> XGBoost -> holdout vs baselines -> MLflow -> "
+          "promotion rules")
+    trigger_and_wait(settings, "model_train", {"usecase": usecase.name})
+    _print_training(settings, usecase)
+    print("6. where things are")
     supervisor = Supervisor(settings.run_dir)
     for service in managed_services(settings):
         status = supervisor.status(service.build_spec(settings))
         print(f"  {status.name:<10} {status.state:<9} {status.detail}")
     print(f"done in {time.monotonic() - started:.0f} s. Services keep running; stop them with `make down`.")
+
+
+def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
+    from pipelines.lifecycle.registry import audit_trail, transition
+    from pipelines.lifecycle.rules import RuleError
+    from pipelines.models.registry import RegistryUnavailable, client, resolve_version
+
+    try:
+        if args.action == "list":
+            name = args.model or args.usecase or _default_usecase(settings)
+            c = client(settings)
+            versions = sorted(c.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version))
+            if not versions:
+                print(f"no registered versions of '{name}' (train it: DAG model_train)")
+            for mv in versions:
+                mv = c.get_model_version(name, mv.version)  # search results carry no aliases
+                metrics = c.get_run(mv.run_id).data.metrics
+                tags = dict(mv.tags or {})
+                gate = json.loads(tags.get("atelier.gate", "{}"))
+                verdict = ("" if not gate else f"  gate {gate['rule']}: "
+                           + ("passed" if gate["passed"] else "failed: " + "; ".join(gate["failing"])))
+                print(f"{name} v{mv.version:<4} {tags.get('atelier.stage', '?'):<11} "
+                      f"{','.join(mv.aliases or []) or '-':<11} mae {metrics.get('mae', float('nan')):6.2f}  "
+                      f"coverage_90 {metrics.get('coverage_90', float('nan')):.3f}{verdict}")
+        elif args.action == "history":
+            ref = resolve_version(settings, args.model, version=args.version)
+            for entry in audit_trail(ref.tags):
+                print(f"{entry['at']}  {entry['from'] or '-':>11} -> {entry['to']:<11} by {entry['by']}: {entry['why']}")
+        else:
+            if not args.why:
+                raise CliError("models move needs --why (it is kept in the audit trail)")
+            by = f"cli:{os.environ.get('USER') or 'unknown'}"
+            entry = transition(settings, args.model, args.version, args.stage, by=by, why=args.why)
+            print(f"{args.model} v{args.version}: {entry['from']} -> {entry['to']} (by {by})")
+    except (RuleError, RegistryUnavailable, LookupError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _print_training(settings: Settings, usecase) -> None:
+    from pipelines.models.registry import client
+    from pipelines.training.pipeline import experiment_name
+
+    c = client(settings)
+    experiment = c.get_experiment_by_name(experiment_name(usecase.name))
+    runs = c.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
+                         order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
+    if not runs:
+        print("  no finished training run")
+        return
+    m = runs[0].data.metrics
+    print(f"  holdout MAE {m['mae']:.2f} min (baselines: departure delay {m['baseline_departure_delay_mae']:.2f}, "
+          f"route mean {m['baseline_route_mean_mae']:.2f}); interval coverage 80% -> {m['coverage_80']:.3f}, "
+          f"90% -> {m['coverage_90']:.3f}")
+    cmd_models(settings, argparse.Namespace(action="list", model=None, usecase=usecase.name))
+    report = settings.home_path / "reports" / usecase.name / "training"
+    latest = sorted(report.glob("*/report.html"), key=lambda p: p.stat().st_mtime)
+    if latest:
+        print(f"  training report: {latest[-1]}")
+    print(f"  in MLflow: {settings.mlflow.tracking_uri}/#/experiments/{experiment.experiment_id}/runs/"
+          f"{runs[0].info.run_id} (artifacts: atelier/report/report.html)")
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -264,6 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("models", help="registered model versions and their lifecycle")
+    p.add_argument("action", choices=["list", "history", "move"])
+    p.add_argument("model", nargs="?")
+    p.add_argument("version", nargs="?")
+    p.add_argument("stage", nargs="?")
+    p.add_argument("--usecase")
+    p.add_argument("--why")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("config", help="print the effective settings")
     p.set_defaults(func=cmd_config)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.lifecycle.rules import Decision, ModelFacts, Rule, RuleError, check_transition, evaluate
-from pipelines.models.registry import STAGE_TAG, RegistryUnavailable, client
+from pipelines.models.registry import STAGE_TAG, ModelNotFound, RegistryUnavailable, client
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -69,7 +69,7 @@ def _mlflow(settings: Settings, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc):
-            raise
+            raise ModelNotFound(str(exc).splitlines()[0].removeprefix("RESOURCE_DOES_NOT_EXIST: ")) from None
         raise RegistryUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: {str(exc).splitlines()[0][:300]}") \
             from None
 

@@ -13,6 +13,11 @@ too few validation rows use the global offsets), which follows the error's scale
 
 The fallback is a linear model over a few features, fitted on the same training rows: what the API answers
 (flagged as degraded) when the main model cannot run.
+
+With an ``offset_feature`` the booster learns the label minus that feature (trained with it as XGBoost's base
+margin and ``base_score`` 0): a prediction is the booster's raw output plus the feature's value. Any runtime
+that sums the trees (xgboost's ``inplace_predict``, Triton's FIL backend) gives the raw output; the offset is
+added after, by :meth:`ModelBundle.predict` / :meth:`ModelBundle.add_offset`.
 """
 
 from __future__ import annotations
@@ -162,6 +167,7 @@ class ModelBundle:
     fallback: LinearFallback
     feature_spec_hash: str
     lineage: dict[str, Any] = field(default_factory=dict)
+    offset_feature: str | None = None
     version: str | None = None
     path: Path | None = None
     _booster: Any = None
@@ -186,8 +192,15 @@ class ModelBundle:
         return np.array([[row[f] for f in self.feature_names] for row in rows], dtype=np.float32)
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
-        """Point predictions for a float32 matrix (``inplace_predict``: no DMatrix)."""
-        return np.asarray(self.booster.inplace_predict(matrix), dtype=np.float64)
+        """Point predictions for a float32 matrix (``inplace_predict``: no DMatrix), offset included."""
+        return self.add_offset(self.booster.inplace_predict(matrix), matrix)
+
+    def add_offset(self, raw: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """The booster's raw output (sum of trees) -> the prediction: plus the offset feature, if any."""
+        out = np.asarray(raw, dtype=np.float64).reshape(-1)
+        if self.offset_feature is not None:
+            out = out + np.asarray(matrix, dtype=np.float32)[:, self.feature_names.index(self.offset_feature)]
+        return out
 
     def intervals(self, predictions: np.ndarray, matrix: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{"0.8": (low, high), "0.9": (...)}`` for every calibrated level."""
@@ -214,7 +227,8 @@ class ModelBundle:
                 "feature_ranges": {k: list(v) for k, v in self.feature_ranges.items()},
                 "fallback": {"kind": "linear", "intercept": self.fallback.intercept,
                              "coefficients": self.fallback.coefficients},
-                "feature_spec_hash": self.feature_spec_hash, "lineage": self.lineage}
+                "feature_spec_hash": self.feature_spec_hash, "lineage": self.lineage,
+                "offset_feature": self.offset_feature}
 
     def save(self, folder: str | Path, booster: xgboost.Booster | None = None) -> Path:
         """Write the bundle atomically (a temporary sibling renamed into place)."""
@@ -255,5 +269,5 @@ class ModelBundle:
             feature_ranges={k: (v[0], v[1]) for k, v in data["feature_ranges"].items()},
             fallback=LinearFallback(fb["intercept"], dict(fb["coefficients"])),
             feature_spec_hash=data["feature_spec_hash"], lineage=dict(data.get("lineage", {})),
-            version=version, path=folder,
+            offset_feature=data.get("offset_feature"), version=version, path=folder,
         )

@@ -26,7 +26,13 @@ from pipelines.models.registry import BUNDLE_ARTIFACT_PATH, STAGE_TAG, RegistryU
 from pipelines.training.dataset import split_by_time
 from pipelines.training.evaluate import coverage, error_metrics, segment_metrics
 from pipelines.training.spec import ModelSpec
-from pipelines.training.trainer import TrainedModel, sample_trials, train_distributed, train_single
+from pipelines.training.trainer import (
+    TrainedModel,
+    predict_raw_plus_offset,
+    sample_trials,
+    train_distributed,
+    train_single,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -134,8 +140,9 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
 
             y_hold = holdout[label.column].to_numpy(np.float64)
             x_hold = holdout[names].to_numpy(np.float32)
-            pred_hold = best.booster.inplace_predict(x_hold).astype(np.float64)
-            pred_valid = best.booster.inplace_predict(valid[names].to_numpy(np.float32)).astype(np.float64)
+            pred_hold = predict_raw_plus_offset(best.booster, x_hold, names, spec.offset_feature)
+            pred_valid = predict_raw_plus_offset(best.booster, valid[names].to_numpy(np.float32), names,
+                                                 spec.offset_feature)
             seg = spec.calibration.segment_by
             calibration = Calibration.fit(valid[label.column].to_numpy(np.float64) - pred_valid,
                                           spec.calibration.levels,
@@ -171,7 +178,7 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
                        "gx": gx_summary, "algorithm": spec.algorithm, "trained_at": datetime.now(UTC).isoformat()}
             defaults = {f.name: f.default for v in features.batch_views for f in v.features}
             bundle = ModelBundle(usecase.name, spec.name, label.column, list(names), defaults, calibration, ranges,
-                                 fallback, feature_spec_hash(spec_text), lineage)
+                                 fallback, feature_spec_hash(spec_text), lineage, offset_feature=spec.offset_feature)
             out_dir = settings.home_path / "reports" / usecase.name / "training" / safe_name(run_id)
             bundle_dir = bundle.save(out_dir / "bundle", booster=best.booster)
 
@@ -205,7 +212,7 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
             if gx_summary:
                 mlflow.log_text(gx_summary, "atelier/lineage/training_set_validation.txt")
             mlflow.log_dict(lineage, "atelier/lineage/lineage.json")
-            model_info = _log_model(best.booster, holdout[names].head(5))
+            model_info = _log_model(best.booster, holdout[names].head(5), spec.offset_feature)
             timings["total_s"] = time.perf_counter() - started
             now = datetime.now(UTC).isoformat(timespec="seconds")
             audit = [{"from": None, "to": "training", "by": triggered_by, "at": now,
@@ -276,34 +283,14 @@ def _ensure_registered_model(c: Any, name: str, usecase: UseCase) -> None:
                 raise
 
 
-def _log_model(booster: Any, example: pd.DataFrame) -> Any:
+def _log_model(booster: Any, example: pd.DataFrame, offset_feature: str | None) -> Any:
+    """The booster as an MLflow model (signature, input example). With an offset feature its output is the raw
+    sum of trees: the metadata says what to add (Atelier's bundle under atelier/bundle does it)."""
     import mlflow.xgboost
     from mlflow.models import infer_signature
 
     example = example.astype(np.float32)
     signature = infer_signature(example, booster.inplace_predict(example.to_numpy()))
+    metadata = {"atelier_offset_feature": offset_feature} if offset_feature else None
     return mlflow.xgboost.log_model(booster, name="model", signature=signature, input_example=example,
-                                    model_format="json")
-
-
-def train_usecase(settings: Settings, spark: SparkSession, usecase: UseCase, run_id: str,
-                  overrides: dict[str, Any] | None = None, triggered_by: str = "cli") -> TrainingResult:
-    """Everything in one process (CLI, tests): training set -> validation -> training -> registration.
-    The DAG runs the same steps as separate tasks."""
-    from pipelines.featurestore.spec import load_feature_set
-    from pipelines.training.dataset import build_training_set, read_training_set
-    from pipelines.training.spec import load_model_spec
-
-    features = load_feature_set(usecase)
-    spec = load_model_spec(usecase, overrides, features.feature_names, features.key_columns)
-    existing = _find_registered(client(settings), spec.name, run_id)
-    if existing is not None:
-        metrics = client(settings).get_run(existing.run_id).data.metrics
-        return TrainingResult(spec.name, str(existing.version), existing.run_id, dict(metrics),
-                              settings.home_path / "reports" / usecase.name / "training" / safe_name(run_id)
-                              / "report.html", reused=True)
-    window = spec.window
-    _, _, report = build_training_set(spark, settings, features, spec, run_id, window.start, window.end)
-    frame, version = read_training_set(settings, usecase.name, run_id)
-    return run_training(settings, usecase, features, spec, run_id, frame, version,
-                        report.to_text().splitlines()[0], spark=spark, triggered_by=triggered_by)
+                                    model_format="json", metadata=metadata)

@@ -115,6 +115,7 @@ class ModelSpec(_Spec):
     evaluation: EvaluationSpec = EvaluationSpec()
     distributed: DistributedSpec = DistributedSpec()
     fallback_features: list[str] = Field(default_factory=list, max_length=8)
+    offset_feature: str | None = Field(None, description="the model learns label - this feature (base margin)")
     extra_columns: list[str] = Field(default_factory=list, description="label-source columns kept for segments")
 
     @field_validator("hyperparameters")
@@ -195,6 +196,7 @@ def load_model_spec(usecase: UseCase, overrides: dict[str, Any] | None = None,
     if feature_names is not None:
         known = set(feature_names)
         refs = {"calibration.segment_by": [spec.calibration.segment_by] if spec.calibration.segment_by else [],
+                "offset_feature": [spec.offset_feature] if spec.offset_feature else [],
                 "fallback_features": spec.fallback_features,
                 "evaluation.baselines": list(spec.evaluation.baselines.values())}
         for where, names in refs.items():

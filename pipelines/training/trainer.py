@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import xgboost
     from pyspark.sql import SparkSession
 
-__all__ = ["TrainedModel", "sample_trials", "train_distributed", "train_single"]
+__all__ = ["TrainedModel", "predict_raw_plus_offset", "sample_trials", "train_distributed", "train_single"]
 
 
 @dataclass
@@ -39,6 +39,8 @@ def _booster_params(spec: ModelSpec, hyper: dict[str, Any]) -> tuple[dict[str, A
     early = hyper.pop("early_stopping_rounds", None)
     params = {"objective": spec.objective, "tree_method": "hist", "seed": spec.seed, "nthread": 0,
               "eval_metric": ["mae", "rmse"]}
+    if spec.offset_feature:
+        params["base_score"] = 0.0  # the raw output is then exactly the sum of trees; the offset is added after
     if "learning_rate" in hyper:
         params["eta"] = hyper.pop("learning_rate")
     if "reg_lambda" in hyper:
@@ -49,6 +51,15 @@ def _booster_params(spec: ModelSpec, hyper: dict[str, Any]) -> tuple[dict[str, A
     return params, rounds, int(early) if early else None
 
 
+def predict_raw_plus_offset(booster: xgboost.Booster, x: np.ndarray, features: list[str],
+                            offset_feature: str | None) -> np.ndarray:
+    """What :meth:`ModelBundle.predict` computes, for a booster not yet in a bundle."""
+    out = np.asarray(booster.inplace_predict(x), dtype=np.float64)
+    if offset_feature:
+        out = out + x[:, features.index(offset_feature)]
+    return out
+
+
 def train_single(spec: ModelSpec, hyper: dict[str, Any], train: pd.DataFrame, valid: pd.DataFrame,
                  features: list[str], label: str) -> TrainedModel:
     """``xgboost.train`` with the validation set for early stopping; the booster is cut at its best round."""
@@ -56,17 +67,20 @@ def train_single(spec: ModelSpec, hyper: dict[str, Any], train: pd.DataFrame, va
 
     params, rounds, early = _booster_params(spec, hyper)
     started = time.perf_counter()
-    dtrain = xgboost.QuantileDMatrix(train[features].to_numpy(np.float32), train[label].to_numpy(np.float64),
-                                     feature_names=features)
-    dvalid = xgboost.DMatrix(valid[features].to_numpy(np.float32), valid[label].to_numpy(np.float64),
-                             feature_names=features)
+    x_train = train[features].to_numpy(np.float32)
+    x_valid = valid[features].to_numpy(np.float32)
+    offset = spec.offset_feature
+    dtrain = xgboost.QuantileDMatrix(x_train, train[label].to_numpy(np.float64), feature_names=features,
+                                     base_margin=train[offset].to_numpy(np.float32) if offset else None)
+    dvalid = xgboost.DMatrix(x_valid, valid[label].to_numpy(np.float64), feature_names=features,
+                             base_margin=valid[offset].to_numpy(np.float32) if offset else None)
     history: dict[str, Any] = {}
     booster = xgboost.train(params, dtrain, rounds, evals=[(dvalid, "validation")], early_stopping_rounds=early,
                             evals_result=history, verbose_eval=False)
     best = booster.best_iteration if early else rounds - 1
     booster = booster[: best + 1]
     seconds = time.perf_counter() - started
-    pred = booster.inplace_predict(valid[features].to_numpy(np.float32))
+    pred = predict_raw_plus_offset(booster, x_valid, features, offset)
     return TrainedModel(booster, {**hyper}, best, seconds,
                         float(np.mean(np.abs(pred - valid[label].to_numpy()))),
                         {k: list(v) for k, v in history.get("validation", {}).items()})
@@ -83,11 +97,16 @@ def train_distributed(spark: SparkSession, spec: ModelSpec, hyper: dict[str, Any
     params.pop("nthread", None)
     params.pop("eval_metric", None)
     frame = train.withColumn("__is_valid", F.lit(False)).unionByName(valid.withColumn("__is_valid", F.lit(True)))
+    offset = spec.offset_feature
     frame = frame.select(*[F.col(f).cast("float").alias(f) for f in features], F.col(label).cast("double"),
-                         "__is_valid")
+                         "__is_valid", *([F.col(offset).cast("float").alias("__offset")] if offset else []))
+    # xgboost 3.2's Spark reader fails on an Arrow batch without validation rows: shuffle so every batch of
+    # every partition holds both (seeded, so a re-run sees the same rows in the same order).
+    frame = frame.repartition(spec.distributed.num_workers).sortWithinPartitions(F.rand(spec.seed))
     started = time.perf_counter()
     estimator = SparkXGBRegressor(
         features_col=features, label_col=label, validation_indicator_col="__is_valid",
+        **({"base_margin_col": "__offset"} if offset else {}),
         num_workers=spec.distributed.num_workers, n_estimators=rounds, early_stopping_rounds=early,
         eval_metric="mae", random_state=spec.seed, **{k: v for k, v in params.items()
                                                       if k not in ("objective", "seed", "eta", "lambda", "alpha")},
@@ -99,7 +118,7 @@ def train_distributed(spark: SparkSession, spec: ModelSpec, hyper: dict[str, Any
     best = int(getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1))
     booster = booster[: best + 1]
     seconds = time.perf_counter() - started
-    pred = booster.inplace_predict(valid_pdf[features].to_numpy(np.float32))
+    pred = predict_raw_plus_offset(booster, valid_pdf[features].to_numpy(np.float32), features, offset)
     return TrainedModel(booster, {**hyper}, best, seconds,
                         float(np.mean(np.abs(pred - valid_pdf[label].to_numpy()))))
 

@@ -137,3 +137,22 @@ def test_bundle_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x), booster.inplace_predict(x).astype(np.float64))
     assert loaded.out_of_range({"a": 5.0}) == ["a"] and loaded.out_of_range({"a": 0.0}) == []
     assert loaded.fallback.coefficients["a"] == pytest.approx(2.0, abs=0.2)
+
+
+def test_offset_feature_is_added_to_the_raw_sum_of_trees(tmp_path):
+    """Trained with the offset as base margin and base_score 0: raw output + offset == margin prediction."""
+    import xgboost
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 2)).astype(np.float32)
+    x[:, 1] *= 100  # the offset feature, far outside anything the trees could reproduce
+    y = x[:, 1] + 3 * x[:, 0] + rng.normal(size=2000)
+    booster = xgboost.train({"tree_method": "hist", "base_score": 0.0},
+                            xgboost.DMatrix(x, y, base_margin=x[:, 1]), 30)
+    bundle = ModelBundle("u", "m", "y", ["a", "off"], {"a": 0.0, "off": 0.0}, Calibration.fit(np.ones(10), [0.8]),
+                         {}, LinearFallback(0.0, {}), "h" * 16, offset_feature="off")
+    bundle.save(tmp_path / "b", booster=booster)
+    loaded = ModelBundle.load(tmp_path / "b")
+    with_margin = booster.inplace_predict(x, base_margin=x[:, 1])
+    np.testing.assert_allclose(loaded.predict(x), with_margin, rtol=1e-6, atol=1e-4)
+    assert np.mean(np.abs(loaded.predict(x) - y)) < 2.0  # extrapolates with the offset; trees alone could not
