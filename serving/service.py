@@ -24,7 +24,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +96,11 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _plus_minutes(ts: datetime, minutes: float) -> str | None:
-    """``ts`` + minutes, to the second (None if that leaves datetime's range)."""
+def _plus_minutes(epoch_s: float, minutes: float) -> str | None:
+    """The instant ``epoch_s`` + minutes as ISO 8601 UTC, to the second (None outside years 1..9999)."""
     try:
-        return _iso(ts + timedelta(seconds=round(minutes * 60)))
-    except (OverflowError, ValueError):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(round(epoch_s + minutes * 60)))
+    except (OverflowError, OSError, ValueError):
         return None
 
 
@@ -214,11 +214,17 @@ class PredictionService:
 
     def _deploy(self, bundle: ModelBundle, name: str) -> None:
         from pipelines.deploy import export_python_model, load_on_triton
+        from pipelines.deploy.triton import MODEL_SOURCE
 
         repo = self.settings.triton_model_repository
-        target = repo / name / str(bundle.version) / "model.json"
+        folder = repo / name / str(bundle.version)
         assert bundle.path is not None
-        if not (target.exists() and target.read_bytes() == (bundle.path / "model.json").read_bytes()):
+        try:
+            current = (folder / "model.json").read_bytes() == (bundle.path / "model.json").read_bytes() and (
+                (folder / "model.py").read_text() == MODEL_SOURCE.read_text())
+        except OSError:
+            current = False
+        if not current:
             export_python_model(bundle, repo, name=name, version=bundle.version)
         load_on_triton(self.settings.triton.http_url, name, int(str(bundle.version)), timeout_s=60.0)
 
@@ -377,7 +383,8 @@ class PredictionService:
         value = round(value, 2)
         prediction: dict[str, Any] = {out.name: value}
         intervals: dict[str, dict[str, list[Any]]] = {}
-        base = row.get(out.time_from) if out.time_from else None
+        base_ts = row.get(out.time_from) if out.time_from else None
+        base = base_ts.timestamp() if base_ts is not None else None
         for level, (lo, hi) in interval.items():
             entry: dict[str, list[Any]] = {out.name: [round(lo, 2), round(hi, 2)]}
             if base is not None and out.time_name:

@@ -33,6 +33,7 @@ __all__ = ["INPUT", "MAX_BATCH", "OUTPUT", "DeployedModel", "export_fil_model", 
 INPUT, OUTPUT = "input__0", "output__0"
 MAX_BATCH = 4096
 VERSION_POLICY = "latest { num_versions: 2 }"
+MODEL_SOURCE = Path(__file__).parent / "xgboost_model.py"
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def export_python_model(bundle: ModelBundle, repository: Path, name: str | None 
     name = name or bundle.model_name
     v = _version(bundle, version)
     n = len(bundle.feature_names)
-    source = (Path(__file__).parent / "xgboost_model.py").read_text()
+    source = MODEL_SOURCE.read_text()
     folder = write_python_model(Path(repository), name, version=v, config_pbtxt=triton_python_config(name, n),
                                 model_py=source, files={"model.json": bundle.path / "model.json",
                                                         "bundle.json": bundle.path / "bundle.json"})
