@@ -103,7 +103,7 @@ class ApiSettings(_Section):
                                 description="use cases served; the first is the default of a request")
     model_alias: str = Field("champion", description="registry alias of the version served")
     models: dict[str, str] = Field(default_factory=dict, description="use case -> registered model name "
-                                   "(default: the use case's name)")
+                                   "(default: the use case's name), or 'name:version' to pin a version")
     deadline_ms: int = Field(50, ge=5, le=60_000, description="every request ends within this time")
     feature_timeout_ms: int = Field(20, ge=1, le=60_000, description="online store read budget")
     triton_timeout_ms: int = Field(25, ge=1, le=60_000, description="Triton inference budget")

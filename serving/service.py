@@ -72,7 +72,10 @@ class UseCaseRuntime:
         self.usecase = get_usecase(name, settings.usecases_path)
         self.features: FeatureSet = load_feature_set(self.usecase)
         self.schema = RequestSchema(self.usecase, self.features, settings.api.max_batch)
-        self.model_name = settings.api.models.get(name, name)
+        # api.models maps a use case to "<registered name>" (served by alias) or "<name>:<version>" (pinned).
+        target = settings.api.models.get(name, name)
+        self.model_name, _, pinned = target.partition(":")
+        self.model_version: str | None = pinned or None
         self.output = OutputSpec.load(self.usecase, self.features.label.column if self.features.label else "value")
         self.resolver = FeatureResolver(self.features)
         self.bundle: ModelBundle | None = None
@@ -169,7 +172,8 @@ class PredictionService:
         from pipelines.models.registry import load_bundle
 
         try:
-            bundle = await asyncio.to_thread(load_bundle, self.settings, rt.model_name, self.api.model_alias)
+            bundle = await asyncio.to_thread(load_bundle, self.settings, rt.model_name,
+                                             None if rt.model_version else self.api.model_alias, rt.model_version)
             rt.attach(bundle)
             log.info("use case %s: model %s version %s loaded", rt.name, rt.model_name, bundle.version)
         except Exception as exc:  # noqa: BLE001 - ModelNotFound, RegistryUnavailable, bad bundle: retried later
@@ -328,11 +332,11 @@ class PredictionService:
             reason = "Triton unavailable (circuit open after recent failures)"
         else:
             try:
-                predictions = await rt.triton.predict(matrix, min(self.api.triton_timeout_ms / 1000,
-                                                                  left - MIN_INFERENCE_S / 2))
+                raw = await rt.triton.predict(matrix, min(self.api.triton_timeout_ms / 1000,
+                                                          left - MIN_INFERENCE_S / 2))
                 rt.triton_breaker.success()
                 rt.triton_ready = True
-                return predictions, None
+                return rt.bundle.add_offset(raw, matrix), None  # Triton sums the trees; the offset is ours
             except TritonUnavailable as exc:
                 rt.triton_breaker.failure()
                 self.metrics.errors.labels(f"triton_{exc.kind}").inc()

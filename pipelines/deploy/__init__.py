@@ -2,6 +2,7 @@
 
 from pipelines.deploy.triton import (
     DeployedModel,
+    deploy_registered,
     export_fil_model,
     export_python_model,
     fil_model_config,
@@ -9,5 +10,5 @@ from pipelines.deploy.triton import (
     triton_python_config,
 )
 
-__all__ = ["DeployedModel", "export_fil_model", "export_python_model", "fil_model_config", "load_on_triton",
+__all__ = ["DeployedModel", "deploy_registered", "export_fil_model", "export_python_model", "fil_model_config", "load_on_triton",
            "triton_python_config"]

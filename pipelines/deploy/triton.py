@@ -9,6 +9,9 @@ Two flavours of the same booster, same tensor names (``input__0`` FP32 [batch, n
 * ``fil`` (the cluster's Triton image, which ships NVIDIA's FIL backend): ``config.pbtxt`` with
   ``backend: "fil"`` and ``model_type: xgboost_json`` plus the same ``model.json``.
 
+Both give the booster's raw output (the sum of its trees); a bundle with an ``offset_feature`` adds that
+feature's value after (:meth:`ModelBundle.add_offset`, done by the API).
+
 The Triton model name is the registered model's name and its version folder the registry version, so a
 prediction names exactly the version (and so the calibration) it was computed with. The repository keeps the
 two latest versions loaded (``version_policy``), so a new version can be loaded while the API still pins the
@@ -25,10 +28,11 @@ from pipelines.serving_models import TensorSpec, python_model_config, write_pyth
 from pipelines.serving_models.repository import _atomic_write, _check_name
 
 if TYPE_CHECKING:
+    from pipelines.config import Settings
     from pipelines.models.bundle import ModelBundle
 
-__all__ = ["INPUT", "MAX_BATCH", "OUTPUT", "DeployedModel", "export_fil_model", "export_python_model",
-           "fil_model_config", "load_on_triton", "triton_python_config"]
+__all__ = ["INPUT", "MAX_BATCH", "OUTPUT", "DeployedModel", "deploy_registered", "export_fil_model",
+           "export_python_model", "fil_model_config", "load_on_triton", "triton_python_config"]
 
 INPUT, OUTPUT = "input__0", "output__0"
 MAX_BATCH = 4096
@@ -151,3 +155,20 @@ def load_on_triton(url: str, name: str, version: int, timeout_s: float = 60.0) -
             time.sleep(0.1)
     finally:
         client.close()
+
+
+def deploy_registered(settings: Settings, name: str, *, alias: str | None = None, version: str | int | None = None,
+                      flavour: str = "python", repository: Path | None = None, load: bool = True) -> DeployedModel:
+    """Export a registered version (by alias, default champion, or number) to the model repository and, for
+    the python flavour on a reachable Triton, load it. The cluster's deployment writes ``flavour="fil"`` into
+    the Triton image's repository volume (its server then loads it through the repository API)."""
+    from pipelines.models.registry import load_bundle
+
+    if flavour not in ("python", "fil"):
+        raise ValueError(f"unknown Triton flavour {flavour!r} (python, fil)")
+    bundle = load_bundle(settings, name, alias, version)
+    export = export_fil_model if flavour == "fil" else export_python_model
+    deployed = export(bundle, repository or settings.triton_model_repository, name=name)
+    if load and flavour == "python":
+        load_on_triton(settings.triton.http_url, name, deployed.version)
+    return deployed

@@ -2,9 +2,8 @@
 the test lake into SQLite or Cassandra), a model registered in the test MLflow, and the API as a real server
 process (``python -m serving.server``) against the test Triton or another one.
 
-Until training registers the use case's real model, the model is :func:`serving.testing.synthetic_bundle`
-(a real XGBoost booster on the real feature names), registered under its own name so it never touches the
-use case's own registry entry.
+The model is the use case's own trained model (the registry's champion, or the one the session's
+``registered_model`` fixture trains); the API is pinned to that version (``api.models: {flights_eta: "flights_eta:<version>"}``).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import pytest
 
 from pipelines.config import REPO_ROOT, load_settings
 
-TEST_MODEL = "flights_eta_serving_test"
 WINDOW = (datetime(2013, 12, 30, tzinfo=UTC), datetime(2013, 12, 31, tzinfo=UTC))
 AS_OF = "2013-12-31T00:00:00Z"
 CASSANDRA_KEYSPACE = "atelier_test_serving"
@@ -45,17 +43,22 @@ def serving_features(usecase):
 
 
 @pytest.fixture(scope="session")
-def serving_model(settings, mlflow_service, serving_features, tmp_path_factory):
-    """(VersionRef, ModelBundle) of the synthetic model registered as TEST_MODEL@champion (reused if present)."""
+def serving_model(request, settings, mlflow_service):
+    """(VersionRef, ModelBundle) of the use case's trained model, pinned by version (lifecycle tests move
+    aliases): the registry's current champion when there is one, else the session's ``registered_model``
+    fixture trains and registers one."""
     from pipelines.models.registry import ModelNotFound, load_bundle, resolve_version
-    from serving.testing import register_bundle, synthetic_bundle
 
     try:
-        ref = resolve_version(settings, TEST_MODEL, "champion")
+        ref = resolve_version(settings, "flights_eta", "champion")
     except ModelNotFound:
-        bundle = synthetic_bundle(serving_features, tmp_path_factory.mktemp("bundle") / "bundle")
-        ref = register_bundle(settings, bundle, TEST_MODEL)
-    return ref, load_bundle(settings, TEST_MODEL, version=ref.version)
+        ref = request.getfixturevalue("registered_model")
+    return ref, load_bundle(settings, ref.name, version=ref.version)
+
+
+def model_env(ref) -> dict[str, str]:
+    """The API's setting that serves exactly this version."""
+    return {"ATELIER__API__MODELS": f"{{flights_eta: '{ref.name}:{ref.version}'}}"}
 
 
 def _materialize(spark, store_settings, features) -> None:
@@ -125,7 +128,7 @@ class ApiServer:
     def start(self, ready_timeout_s: float = 120.0, wait_ready: bool = True) -> ApiServer:
         env = {**os.environ, "ATELIER_PROFILE": "test", "ATELIER_API_TOKEN": self.token,
                "ATELIER__API__PORT": str(self.port), "ATELIER__API__PREDICTION_LOG_DIR": str(self.log_dir),
-               "ATELIER__API__MODELS": f"{{flights_eta: {TEST_MODEL}}}", **self.env}
+               **self.env}
         self.output = self.log_dir.parent / f"server-{self.port}.log"
         self.proc = subprocess.Popen([sys.executable, "-m", "serving.server"], cwd=REPO_ROOT, env=env,  # noqa: S603
                                      stdout=self.output.open("w"), stderr=subprocess.STDOUT)

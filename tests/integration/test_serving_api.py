@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import numpy as np
 import pytest
-from serving_fixtures import AS_OF, ApiServer, read_log, wait_for_log
+from serving_fixtures import AS_OF, ApiServer, model_env, read_log, wait_for_log
 
 from pipelines.config import load_settings
 
@@ -33,7 +33,8 @@ def backend(request):
 @pytest.fixture(scope="module")
 def api(backend, serving_model, triton_service, tmp_path_factory):
     _, overrides = backend
-    server = ApiServer({**overrides, **BUDGETS}, tmp_path_factory.mktemp("predlog") / "log").start()
+    server = ApiServer({**overrides, **BUDGETS, **model_env(serving_model[0])},
+                       tmp_path_factory.mktemp("predlog") / "log").start()
     yield server
     server.stop()
 
@@ -248,7 +249,7 @@ def test_health_readiness_metrics_and_openapi(api):
 def test_prediction_log_keeps_everything_accepted_at_shutdown(backend, serving_model, triton_service, real_flights,
                                                               tmp_path):
     _, overrides = backend
-    server = ApiServer({**overrides, **BUDGETS}, tmp_path / "log").start()
+    server = ApiServer({**overrides, **BUDGETS, **model_env(serving_model[0])}, tmp_path / "log").start()
     try:
         ids = []
         with httpx.Client(headers={**server.headers, "X-Atelier-As-Of": AS_OF}, timeout=30) as client:

@@ -12,7 +12,7 @@ import time
 
 import httpx
 import pytest
-from serving_fixtures import AS_OF, ApiServer, free_port
+from serving_fixtures import AS_OF, ApiServer, free_port, model_env
 
 from pipelines.config import load_settings
 from pipelines.services import Supervisor, triton
@@ -67,7 +67,7 @@ class Traffic(threading.Thread):
 def test_triton_killed_mid_traffic_then_back(own_triton, sqlite_features, serving_model, real_flights, tmp_path):
     overrides, supervisor, spec = own_triton
     # The API deploys its model version into this Triton's repository at start and loads it.
-    api = ApiServer({**sqlite_features, **overrides}, tmp_path / "log").start()
+    api = ApiServer({**sqlite_features, **overrides, **model_env(serving_model[0])}, tmp_path / "log").start()
     traffic = Traffic(api, real_flights)
     try:
         traffic.start()
@@ -113,7 +113,7 @@ def test_triton_killed_mid_traffic_then_back(own_triton, sqlite_features, servin
 def test_online_store_down_gives_defaults_flagged(serving_model, triton_service, real_flights, tmp_path):
     closed = free_port()  # nothing listens there: the Cassandra driver cannot connect
     api = ApiServer({"ATELIER__ONLINE_STORE__BACKEND": "cassandra", "ATELIER__CASSANDRA__PORT": str(closed),
-                     "ATELIER__API__FEATURE_TIMEOUT_MS": "30"}, tmp_path / "log").start(wait_ready=False)
+                     "ATELIER__API__FEATURE_TIMEOUT_MS": "30", **model_env(serving_model[0])}, tmp_path / "log").start(wait_ready=False)
     try:
         ready = httpx.get(f"{api.url}/readyz")
         assert ready.status_code == 503 and ready.json()["online_store"]["usable"] is False
@@ -153,7 +153,8 @@ def test_no_model_is_a_503_with_retry_after(sqlite_features, mlflow_service, tri
 
 
 def test_load_past_capacity_is_shed_with_429(sqlite_features, serving_model, triton_service, real_flights, tmp_path):
-    api = ApiServer({**sqlite_features, "ATELIER__API__MAX_IN_FLIGHT": "2"}, tmp_path / "log").start()
+    api = ApiServer({**sqlite_features, "ATELIER__API__MAX_IN_FLIGHT": "2", **model_env(serving_model[0])},
+                    tmp_path / "log").start()
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(headers={**api.headers, "X-Atelier-As-Of": AS_OF}, timeout=30,

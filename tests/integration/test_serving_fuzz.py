@@ -8,7 +8,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
-from serving_fixtures import AS_OF, ApiServer
+from serving_fixtures import AS_OF, ApiServer, model_env
 
 pytest_plugins = ["serving_fixtures"]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def fuzzed_api(sqlite_features, serving_model, triton_service, tmp_path_factory):
-    server = ApiServer(dict(sqlite_features), tmp_path_factory.mktemp("fuzz") / "log").start()
+    server = ApiServer({**sqlite_features, **model_env(serving_model[0])}, tmp_path_factory.mktemp("fuzz") / "log").start()
     yield server
     server.stop()
 
