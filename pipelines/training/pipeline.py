@@ -294,3 +294,27 @@ def _log_model(booster: Any, example: pd.DataFrame, offset_feature: str | None) 
     metadata = {"atelier_offset_feature": offset_feature} if offset_feature else None
     return mlflow.xgboost.log_model(booster, name="model", signature=signature, input_example=example,
                                     model_format="json", metadata=metadata)
+
+
+def train_usecase(settings: Settings, spark: SparkSession, usecase: UseCase, run_id: str,
+                  overrides: dict[str, Any] | None = None, triggered_by: str = "cli") -> TrainingResult:
+    """Everything in one process (CLI, tests): training set -> validation -> training -> registration.
+    The DAG runs the same steps as separate tasks."""
+    from pipelines.featurestore.spec import load_feature_set
+    from pipelines.training.dataset import build_training_set, read_training_set
+    from pipelines.training.spec import load_model_spec
+
+    features = load_feature_set(usecase)
+    spec = load_model_spec(usecase, overrides, features.feature_names, features.key_columns)
+    c = client(settings)
+    existing = _find_registered(c, spec.name, run_id)
+    if existing is not None:
+        return TrainingResult(spec.name, str(existing.version), existing.run_id,
+                              dict(c.get_run(existing.run_id).data.metrics),
+                              settings.home_path / "reports" / usecase.name / "training" / safe_name(run_id)
+                              / "report.html", reused=True)
+    window = spec.window
+    _, _, report = build_training_set(spark, settings, features, spec, run_id, window.start, window.end)
+    frame, version = read_training_set(settings, usecase.name, run_id)
+    return run_training(settings, usecase, features, spec, run_id, frame, version,
+                        report.to_text().splitlines()[0], spark=spark, triggered_by=triggered_by)
