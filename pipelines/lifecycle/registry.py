@@ -181,7 +181,7 @@ def apply_rules(settings: Settings, name: str, version: str | int, rules: list[R
             if not candidates:
                 break
             facts = _mlflow(settings, version_facts, c, name, version)
-            champion = _champion_facts(settings, c, name, exclude=version)
+            champion = _champion_facts(settings, c, name, exclude=version, candidate=facts)
             moved = False
             for rule in candidates:
                 decision = evaluate(rule, facts, champion)
@@ -213,7 +213,11 @@ def _next_stages(stage: str) -> set[str]:
             (stage == "production" and s == "staging")}
 
 
-def _champion_facts(settings: Settings, c: MlflowClient, name: str, exclude: str) -> ModelFacts | None:
+def _champion_facts(settings: Settings, c: MlflowClient, name: str, exclude: str,
+                    candidate: ModelFacts | None = None) -> ModelFacts | None:
+    """The champion's facts. When the candidate's run scored this same champion on the candidate's holdout
+    (metrics ``champion_<m>`` with ``champion_version``), those figures replace the champion's own: both
+    models are then judged on the same rows."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -222,5 +226,9 @@ def _champion_facts(settings: Settings, c: MlflowClient, name: str, exclude: str
         return None
     if str(mv.version) == exclude:
         return None
-    return _mlflow(settings, version_facts, c, name, str(mv.version))
-
+    facts = _mlflow(settings, version_facts, c, name, str(mv.version))
+    if candidate is not None and candidate.metrics.get("champion_version") == float(mv.version):
+        aligned = {k.removeprefix("champion_"): v for k, v in candidate.metrics.items()
+                   if k.startswith("champion_") and k != "champion_version"}
+        facts = ModelFacts(metrics={**facts.metrics, **aligned}, params=facts.params, tags=facts.tags)
+    return facts

@@ -26,6 +26,7 @@ def metric_names(spec: ModelSpec) -> set[str]:
     """Every metric a training run logs (what rules may reference)."""
     names = set(METRICS) | {"validation_mae", "best_iteration", "train_seconds", "rows_train", "rows_validation",
                             "rows_holdout"}
+    names |= {f"champion_{m}" for m in METRICS} | {"champion_version"}
     for base in spec.evaluation.baselines:
         names |= {f"baseline_{base}_{m}" for m in METRICS}
     for level in spec.calibration.levels:

@@ -182,7 +182,10 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
             out_dir = settings.home_path / "reports" / usecase.name / "training" / safe_name(run_id)
             bundle_dir = bundle.save(out_dir / "bundle", booster=best.booster)
 
-            champion = _champion_metrics(c, spec.name)
+            champion = _champion_on_holdout(settings, c, spec.name, holdout, y_hold)
+            if champion is not None:
+                # The champion scored on this run's holdout: what the promotion rules compare against.
+                metrics.update({f"champion_{k}": v for k, v in champion.items()})
             from pipelines.training.report import write_report
 
             report = write_report(out_dir / "report.html", usecase=usecase.name, model_name=spec.name,
@@ -259,14 +262,24 @@ def _train(spark: SparkSession | None, spec: ModelSpec, hyper: dict[str, Any], t
                              spark.createDataFrame(valid[cols]), names, label, valid)
 
 
-def _champion_metrics(c: Any, model_name: str) -> dict[str, float] | None:
+def _champion_on_holdout(settings: Settings, c: Any, model_name: str, holdout: pd.DataFrame,
+                         actual: np.ndarray) -> dict[str, float] | None:
+    """The current champion's error metrics on this holdout (None without a usable champion)."""
     from mlflow.exceptions import MlflowException
 
+    from pipelines.models.registry import ModelNotFound, load_bundle
+
     try:
-        mv = c.get_model_version_by_alias(model_name, "champion")
-    except MlflowException:
+        champion = load_bundle(settings, model_name, alias="champion")
+    except (ModelNotFound, MlflowException, RegistryUnavailable):
         return None
-    return dict(c.get_run(mv.run_id).data.metrics) | {"version": float(mv.version)}
+    missing = [f for f in champion.feature_names if f not in holdout.columns]
+    if missing:
+        log.warning("champion version %s needs features this training set lacks (%s): not compared",
+                    champion.version, missing)
+        return None
+    predicted = champion.predict(champion.matrix(holdout))
+    return {**error_metrics(actual, predicted), "version": float(champion.version or 0)}
 
 
 def _ensure_registered_model(c: Any, name: str, usecase: UseCase) -> None:

@@ -292,3 +292,38 @@ def test_unknown_algorithm_is_rejected_at_trigger(airflow, usecase):
 
     with pytest.raises(AirflowApiError, match="HTTP 400"):
         airflow.trigger("model_train", {"usecase": usecase.name, "algorithm": "lightgbm"})
+
+
+def test_champion_is_judged_on_the_candidates_holdout(settings, mlflow_service):
+    """The candidate's run scored the champion on its own holdout: the rule uses those figures, not the
+    champion's metrics from an older holdout."""
+    from pipelines.lifecycle.registry import apply_rules, transition
+    from pipelines.lifecycle.rules import parse_rule
+    from pipelines.models.registry import client, resolve_version
+
+    c = client(settings)
+    experiment = c.get_experiment_by_name("atelier/lifecycle-tests") or c.get_experiment(
+        c.create_experiment("atelier/lifecycle-tests"))
+    name = f"aligned_{uuid.uuid4().hex[:8]}"
+    c.create_registered_model(name)
+
+    def version(metrics: dict[str, float]) -> str:
+        run = c.create_run(experiment.experiment_id)
+        for key, value in metrics.items():
+            c.log_metric(run.info.run_id, key, value)
+        c.set_terminated(run.info.run_id)
+        return str(c.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+                                          tags={"atelier.stage": "staging"}).version)
+
+    try:
+        champion = version({"mae": 10.0})  # its own (older, harder) holdout
+        transition(settings, name, champion, "production", by="test", why="setup")
+        # On the candidate's holdout the champion does 9.0; the candidate 9.5: not 2% better.
+        candidate = version({"mae": 9.5, "champion_mae": 9.0, "champion_version": float(champion)})
+        rule = parse_rule("WHEN metrics[mae] < champion.metrics[mae] * 0.98 THEN PROMOTE TO production")
+        outcome = apply_rules(settings, name, candidate, [rule])
+        assert not outcome.promoted_to_production
+        assert "(9.5 < 9.0 * 0.98)" in outcome.decisions[0][1].failing_clauses[0]
+        assert resolve_version(settings, name, alias="champion").version == champion
+    finally:
+        c.delete_registered_model(name)
