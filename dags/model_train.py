@@ -21,7 +21,8 @@ Triggered from the UI (params below), by new offline features, or by a retrain r
 `retrain.<usecase>`): an Asset-triggered run trains the use case named by its triggering asset.
 
 Params: `usecase`; `start` / `end` (ISO dates: the data window); `hyperparameters` (JSON object, e.g.
-`{"max_depth": 6}`); `algorithm` (`xgboost` | `xgboost_spark`); `trials` (random-search trials).
+`{"max_depth": 6}`); `distributed` (train with `xgboost.spark`) or `algorithm` (`xgboost` |
+`xgboost_spark`); `trials` (random-search trials).
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ with DAG(
         "start": Param(None, type=["null", "string"], format="date", description="data window start (UTC)"),
         "end": Param(None, type=["null", "string"], format="date", description="data window end, exclusive"),
         "hyperparameters": Param({}, type=["object", "null"], description="overrides, e.g. {\"max_depth\": 6}"),
-        "algorithm": Param(None, type=["null", "string"], enum=[None, "xgboost", "xgboost_spark"]),
+        "distributed": Param(False, type="boolean", description="train on Spark (xgboost.spark)"),
+        "algorithm": Param(None, type=["null", "string"], enum=[None, "xgboost", "xgboost_spark"],
+                           description="overrides `distributed` when set"),
         "trials": Param(None, type=["null", "integer"], minimum=0, maximum=50, description="random-search trials"),
     },
 ) as dag:

@@ -44,14 +44,18 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.training.pipeline import run_training
 
     frame, version = read_training_set(settings, usecase.name, args.run_id)
+    from pipelines.lake.tables import safe_name
+
+    validation = settings.home_path / "reports" / usecase.name / "training_set" / safe_name(args.run_id) / "validation.txt"
+    gx_summary = validation.read_text() if validation.exists() else f"training set {version}: validated before publishing"
     spark = None
     if spec.algorithm == "xgboost_spark":
         from pipelines.spark import get_spark
 
         spark = get_spark(settings, f"atelier-train-{usecase.name}")
     try:
-        result = run_training(settings, usecase, features, spec, args.run_id, frame, version,
-                              f"training set {version}: validated", spark=spark)
+        result = run_training(settings, usecase, features, spec, args.run_id, frame, version, gx_summary,
+                              spark=spark)
     finally:
         if spark is not None:
             spark.stop()

@@ -175,7 +175,7 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
             lineage = {"run_id": run_id, "mlflow_run_id": run.info.run_id, "training_set_version": training_set_version,
                        "window": spec.window.model_dump(mode="json"), "rows": {
                            "train": len(train), "validation": len(valid), "holdout": len(holdout)},
-                       "gx": gx_summary, "algorithm": spec.algorithm, "trained_at": datetime.now(UTC).isoformat()}
+                       "gx": gx_summary.splitlines()[0] if gx_summary else "", "algorithm": spec.algorithm, "trained_at": datetime.now(UTC).isoformat()}
             defaults = {f.name: f.default for v in features.batch_views for f in v.features}
             bundle = ModelBundle(usecase.name, spec.name, label.column, list(names), defaults, calibration, ranges,
                                  fallback, feature_spec_hash(spec_text), lineage, offset_feature=spec.offset_feature)
@@ -329,5 +329,5 @@ def train_usecase(settings: Settings, spark: SparkSession, usecase: UseCase, run
     window = spec.window
     _, _, report = build_training_set(spark, settings, features, spec, run_id, window.start, window.end)
     frame, version = read_training_set(settings, usecase.name, run_id)
-    return run_training(settings, usecase, features, spec, run_id, frame, version,
-                        report.to_text().splitlines()[0], spark=spark, triggered_by=triggered_by)
+    return run_training(settings, usecase, features, spec, run_id, frame, version, report.to_text(), spark=spark,
+                        triggered_by=triggered_by)

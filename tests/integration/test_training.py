@@ -327,3 +327,30 @@ def test_champion_is_judged_on_the_candidates_holdout(settings, mlflow_service):
         assert resolve_version(settings, name, alias="champion").version == champion
     finally:
         c.delete_registered_model(name)
+
+
+def test_random_search_logs_nested_trials_and_keeps_the_best_on_validation(settings, spark, usecase,
+                                                                           offline_feature_tables, mlflow_service):
+    from pipelines.featurestore.spec import load_feature_set
+    from pipelines.models.registry import client
+    from pipelines.training.dataset import build_training_set, read_training_set
+    from pipelines.training.pipeline import run_training
+    from pipelines.training.spec import load_model_spec
+
+    features = load_feature_set(usecase)
+    overrides = {"name": f"flights_eta_search_{uuid.uuid4().hex[:6]}",
+                 "data": {"start": "2013-10-01", "end": "2014-01-01", "validation_days": 30, "holdout_days": 31},
+                 "hyperparameters": {"n_estimators": 20}, "search": {"trials": 3}}
+    spec = load_model_spec(usecase, overrides, features.feature_names, features.key_columns)
+    run_id = f"it-search-{uuid.uuid4().hex[:6]}"
+    build_training_set(spark, settings, features, spec, run_id, spec.window.start, spec.window.end)
+    frame, version = read_training_set(settings, usecase.name, run_id)
+    result = run_training(settings, usecase, features, spec, run_id, frame, version)
+    c = client(settings)
+    parent = c.get_run(result.mlflow_run_id)
+    trials = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(trials) == 3
+    best = min(trials, key=lambda r: r.data.metrics["validation_mae"])
+    assert result.metrics["validation_mae"] == pytest.approx(best.data.metrics["validation_mae"])
+    assert parent.data.params["hp.max_depth"] == best.data.params["max_depth"]
+    assert parent.data.params["search_trials"] == "3"
