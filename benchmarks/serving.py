@@ -10,7 +10,8 @@ on the test Triton, driven by a lean asyncio HTTP/1.1 keep-alive client (one cor
 prepared once) over 40 real flights:
 
 * sequential: one connection, one request at a time: P50/P95/P99;
-* concurrent: ``--connections`` connections for ``--seconds``: throughput, P50/P95/P99;
+* concurrent: for each of ``--connections`` (4, 8, 16) that many connections for ``--seconds``: throughput,
+  P50/P95/P99;
 * batch (SQLite): 100 flights per ``/v1/predict/batch`` request, one at a time: rows/s;
 * for each phase: answers from Triton vs fallback, the server's mean time per stage (from its Prometheus
   histograms), client / API server / Triton CPU seconds;
@@ -63,15 +64,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    out = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except OSError:
             continue
-    return total / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two samples of a process set (a process that exited in between is not counted,
+    one that started is counted whole)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
 
 def group_pids(pid: int) -> list[int]:
@@ -197,6 +204,12 @@ class Server:
                 out[name] = float(value)
         return out
 
+    def triton_calls(self) -> tuple[int, int]:
+        import httpx
+
+        details = httpx.get(f"http://127.0.0.1:{self.port}/readyz").json()["flights_eta"]
+        return details["triton_calls"], details["triton_rows_coalesced"]
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -264,11 +277,15 @@ def drive(port: int, reqs: list[bytes], connections: int, count: int | None, sec
     return {"lat": lat, "tally": tally, "wall_s": wall, "client_cpu_s": time.process_time() - cpu}
 
 
-def phase(server: Server, triton_pids: list[int], reqs: list[bytes], endpoint: str, connections: int,
+def phase(server: Server, triton_pid: int | None, reqs: list[bytes], endpoint: str, connections: int,
           count: int | None, seconds: float) -> dict[str, Any]:
-    before, server_cpu, triton_cpu = server.metrics(), cpu_seconds([server.proc.pid]), cpu_seconds(triton_pids)
+    calls = server.triton_calls()
+    triton_group = group_pids(triton_pid) if triton_pid else []
+    before, server_cpu, triton_cpu = server.metrics(), cpu_by_pid([server.proc.pid]), cpu_by_pid(triton_group)
     run = drive(server.port, reqs, connections, count, seconds)
-    server_cpu, triton_cpu = cpu_seconds([server.proc.pid]) - server_cpu, cpu_seconds(triton_pids) - triton_cpu
+    server_cpu = cpu_delta(server_cpu, cpu_by_pid([server.proc.pid]))
+    triton_cpu = cpu_delta(triton_cpu, cpu_by_pid(group_pids(triton_pid) if triton_pid else []))
+    calls = [a - b for a, b in zip(server.triton_calls(), calls, strict=True)]
     n = len(run["lat"])
     out = {**pct(run["lat"]), "requests_per_s": round(n / run["wall_s"], 1), "answers": run["tally"],
            "connections": connections, "seconds": round(run["wall_s"], 2),
@@ -276,7 +293,8 @@ def phase(server: Server, triton_pids: list[int], reqs: list[bytes], endpoint: s
                      "triton": round(triton_cpu, 2)},
            "cpu_ms_per_request": {"client": round(run["client_cpu_s"] / n * 1e3, 3),
                                   "api": round(server_cpu / n * 1e3, 3), "triton": round(triton_cpu / n * 1e3, 3)},
-           "server_stages": stage_means(before, server.metrics(), endpoint)}
+           "server_stages": stage_means(before, server.metrics(), endpoint),
+           "triton_calls": calls[0], "rows_in_coalesced_calls": calls[1]}
     return out
 
 
@@ -315,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="sqlite,cassandra")
     parser.add_argument("--sequential", type=int, default=2000)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", default="4,8,16", help="concurrent phases (connections each)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batch-requests", type=int, default=40)
     args = parser.parse_args(argv)
@@ -333,7 +351,6 @@ def main(argv: list[str] | None = None) -> int:
         module.ensure_installed(settings)
         supervisor.up(module.build_spec(settings))
     triton_pid = supervisor.status(service_module("triton").build_spec(settings)).pid
-    triton_pids = group_pids(triton_pid) if triton_pid else []
     features = load_feature_set(get_usecase("flights_eta", settings.usecases_path))
     name = model_name(settings, features)
     flights = real_flights(settings)
@@ -350,13 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             reqs = requests_bytes(flights, server.token)
             drive(server.port, reqs, 1, 300, 30)  # warm-up
-            res = {"sequential": phase(server, triton_pids, reqs, "predict", 1, args.sequential, 60)}
+            res = {"sequential": phase(server, triton_pid, reqs, "predict", 1, args.sequential, 60)}
             log(f"  {backend} sequential: {res['sequential']}")
-            res["concurrent"] = phase(server, triton_pids, reqs, "predict", args.connections, None, args.seconds)
-            log(f"  {backend} concurrent: {res['concurrent']}")
+            for c in [int(x) for x in args.connections.split(",") if x]:
+                res[f"concurrent_{c}"] = phase(server, triton_pid, reqs, "predict", c, None, args.seconds)
+                log(f"  {backend} concurrent x{c}: {res[f'concurrent_{c}']}")
             if backend == "sqlite":
                 breqs = requests_bytes(flights, server.token, "/v1/predict/batch", batch=100)
-                b = phase(server, triton_pids, breqs, "batch", 1, args.batch_requests, 60)
+                b = phase(server, triton_pid, breqs, "batch", 1, args.batch_requests, 60)
                 b["rows_per_s"] = round(b["requests_per_s"] * 100, 1)
                 res["batch_100"] = b
                 log(f"  {backend} batch of 100: {b}")

@@ -9,38 +9,45 @@ __all__ = ["CircuitBreaker", "parse_as_of"]
 
 
 class CircuitBreaker:
-    """Closed -> open after ``failures`` consecutive failures; after ``cooldown_s`` one probe is let through
-    (half-open): its success closes the breaker, its failure opens it again. Not thread-safe: one event loop."""
+    """Closed -> open after ``failures`` consecutive failures spread over at least ``min_streak_s`` (so one
+    slow moment that fails a burst of concurrent calls at once does not open it; a dead dependency, failing
+    every call, does). Open for ``cooldown_s``, then one probe is let through (half-open): its success
+    closes the breaker, its failure opens it again. Not thread-safe: one event loop."""
 
-    def __init__(self, failures: int = 3, cooldown_s: float = 1.0) -> None:
-        self.threshold, self.cooldown_s = failures, cooldown_s
+    def __init__(self, failures: int = 3, cooldown_s: float = 1.0, min_streak_s: float = 0.2) -> None:
+        self.threshold, self.cooldown_s, self.min_streak_s = failures, cooldown_s, min_streak_s
         self.failures = 0
+        self.streak_start = 0.0
         self.open_until = 0.0
+        self.opened = False
         self.probing = False
 
     @property
     def state(self) -> str:
-        if self.failures < self.threshold:
+        if not self.opened:
             return "closed"
         return "half_open" if time.monotonic() >= self.open_until else "open"
 
     def allow(self) -> bool:
-        if self.failures < self.threshold:
+        if not self.opened:
             return True
-        now = time.monotonic()
-        if now < self.open_until or self.probing:
+        if time.monotonic() < self.open_until or self.probing:
             return False
         self.probing = True
         return True
 
     def success(self) -> None:
-        self.failures, self.probing = 0, False
+        self.failures, self.probing, self.opened = 0, False, False
 
     def failure(self) -> None:
+        now = time.monotonic()
+        if self.failures == 0:
+            self.streak_start = now
         self.failures += 1
         self.probing = False
-        if self.failures >= self.threshold:
-            self.open_until = time.monotonic() + self.cooldown_s
+        if self.opened or (self.failures >= self.threshold and now - self.streak_start >= self.min_streak_s):
+            self.opened = True
+            self.open_until = now + self.cooldown_s
 
 
 def parse_as_of(text: str) -> datetime:

@@ -81,7 +81,7 @@ class UseCaseRuntime:
         self.bundle: ModelBundle | None = None
         self.bundle_error: str | None = "not loaded yet"
         self.triton: TritonModel | None = None
-        self.triton_breaker = CircuitBreaker(failures=3, cooldown_s=1.0)
+        self.triton_breaker = CircuitBreaker(failures=3, cooldown_s=0.5)
         self.triton_ready = False
         self.levels: list[str] = []
 
@@ -271,7 +271,9 @@ class PredictionService:
             details[rt.name] = {"model": rt.model_name,
                                 "version": None if rt.bundle is None else rt.bundle.version,
                                 "bundle_loaded": rt.bundle is not None, "bundle_error": rt.bundle_error,
-                                "triton_ready": rt.triton_ready}
+                                "triton_ready": rt.triton_ready,
+                                "triton_calls": rt.triton.calls if rt.triton else 0,
+                                "triton_rows_coalesced": rt.triton.coalesced_rows if rt.triton else 0}
             ok = ok and model_ok
         return ok, details
 

@@ -158,21 +158,27 @@ def test_vector_in_model_order_with_nan_for_null(features, schema):
 def test_circuit_breaker_opens_probes_and_closes(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr("serving.resilience.time.monotonic", lambda: clock[0])
-    breaker = CircuitBreaker(failures=2, cooldown_s=1.0)
+    breaker = CircuitBreaker(failures=2, cooldown_s=1.0, min_streak_s=0.2)
     assert breaker.allow()
     breaker.failure()
-    assert breaker.allow() and breaker.state == "closed"
     breaker.failure()
+    breaker.failure()  # a burst at one instant (one slow moment): still closed
+    assert breaker.allow() and breaker.state == "closed"
+    clock[0] += 0.3
+    breaker.failure()  # still failing 0.3 s later: open
     assert breaker.state == "open" and not breaker.allow()
     clock[0] += 1.5
+    assert breaker.state == "half_open"
     assert breaker.allow()  # one probe
     assert not breaker.allow()  # only one at a time
     breaker.failure()
-    assert not breaker.allow()
+    assert breaker.state == "open" and not breaker.allow()
     clock[0] += 1.5
     assert breaker.allow()
     breaker.success()
     assert breaker.state == "closed" and breaker.allow() and breaker.allow()
+    breaker.failure()  # a new streak starts from zero
+    assert breaker.allow()
 
 
 def test_as_of_header_parsing():
