@@ -6,8 +6,9 @@ training ranges and the fallback), and the Triton client pinned to that version.
 
 A request's path (:meth:`PredictionService.predict`), every stage bounded by what is left of the deadline:
 
-1. feature lookup: one ``read_many_views`` on the online store at the request's clock (SQLite inline,
-   Cassandra in a worker thread with a timeout); a failure, a timeout or an open circuit -> defaults, flagged.
+1. feature lookup: one ``read_many_views`` on the online store at the request's clock (SQLite inline;
+   Cassandra with the driver's asynchronous requests on the event loop, :mod:`serving.cassandra_async`),
+   with a timeout; a failure, a timeout or an open circuit -> defaults, flagged.
 2. transform: freshness policies, request features (feature language's Python compiler), the float32 row.
 3. inference on Triton (kept-alive HTTP, timeout = min(triton budget, time left)); a timeout, a refusal, a
    missing model or an open circuit -> the bundle's fallback predictor, ``degraded: true`` with the reason.
@@ -35,6 +36,7 @@ from pipelines.config import Settings
 from pipelines.featurestore.spec import FeatureSet, load_feature_set
 from pipelines.models.bundle import ModelBundle
 from pipelines.usecases import UseCase, get_usecase
+from serving.cassandra_async import read_many_views_async, supports_async
 from serving.features import FeatureResolver, StaleFeature
 from serving.inference import TritonModel, TritonUnavailable
 from serving.metrics import ApiMetrics
@@ -118,6 +120,7 @@ class PredictionService:
         self._given_bundles = bundles or {}
         self._store = store
         self._store_inline = settings.online_store.backend == "sqlite"
+        self._store_async = settings.online_store.backend == "cassandra"
         self.store_breaker = CircuitBreaker(failures=3, cooldown_s=1.0)
         self.store_ready = False
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="online-store")
@@ -140,6 +143,7 @@ class PredictionService:
                 budget = self.api.feature_timeout_ms / 1000
                 options = {"read_timeout_s": max(budget, 0.01), "connect_timeout_s": 2.0}
             self._store = get_online_store(self.settings, **options)
+            self._store_async = self._store_async and supports_async(self._store)
         return self._store
 
     async def start(self) -> None:
@@ -286,6 +290,10 @@ class PredictionService:
         store = self.store
         if self._store_inline:
             return store.read_many_views(requests, now=as_of)
+        # Asynchronous once connected; connecting (which blocks) happens in a worker thread.
+        if self._store_async and getattr(store, "_sess", None) is not None:
+            async with asyncio.timeout(timeout_s):
+                return await read_many_views_async(store, requests, as_of)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, lambda: store.read_many_views(requests, now=as_of))
         async with asyncio.timeout(timeout_s):
