@@ -17,7 +17,6 @@ validation leaves the published partitions as they were, and runs over different
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -230,20 +229,17 @@ def worker_bundle(key: str, files: Any, version: str, threads: int = 1, loads: A
     return bundle
 
 
-def score_batches(batches: Iterator[pd.DataFrame], bundle: ModelBundle, columns: list[str],
-                  meta: dict[str, str]) -> Iterator[pd.DataFrame]:
-    """Add the prediction, its intervals and the model's identity to each pandas batch."""
-    for frame in batches:
-        matrix = bundle.matrix(frame)
-        predictions = bundle.predict(matrix)
-        frame[PREDICTION] = predictions
-        bounds = bundle.intervals(predictions, matrix)
-        for level, (low, high) in bounds.items():
-            lo_name, hi_name = interval_columns([level])
-            frame[lo_name], frame[hi_name] = low, high
-        for name, value in meta.items():
-            frame[name] = value
-        yield frame[columns]
+def predict_frame(features: pd.DataFrame, bundle: ModelBundle) -> pd.DataFrame:
+    """Prediction and calibrated intervals for a batch of feature rows (columns in any order)."""
+    import pandas as pd
+
+    matrix = bundle.matrix(features)
+    predictions = bundle.predict(matrix)
+    out = {PREDICTION: predictions}
+    for level, (low, high) in bundle.intervals(predictions, matrix).items():
+        lo_name, hi_name = interval_columns([level])
+        out[lo_name], out[hi_name] = low, high
+    return pd.DataFrame(out, index=features.index)
 
 
 def score(spark: SparkSession, frame: DataFrame, bundle: ModelBundle, run_id: str,
@@ -251,10 +247,14 @@ def score(spark: SparkSession, frame: DataFrame, bundle: ModelBundle, run_id: st
     """``frame`` (the model's features among its columns) with predictions, intervals, model and run id.
 
     The bundle's files are broadcast once; each Python worker loads them once (``worker_bundle``) and
-    scores its Arrow batches with ``inplace_predict``. ``loads`` (an accumulator) counts worker loads."""
+    scores its Arrow batches with ``inplace_predict`` in an iterator pandas UDF that receives only the
+    model's feature columns (the other columns never leave the JVM). ``loads`` (an accumulator) counts
+    worker loads."""
     import hashlib
 
-    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+    import pandas as pd
+    from pyspark.sql import functions as F  # noqa: N812
+    from pyspark.sql.types import DoubleType, StructField, StructType
 
     missing = [f for f in bundle.feature_names if f not in frame.columns]
     if missing:
@@ -265,23 +265,26 @@ def score(spark: SparkSession, frame: DataFrame, bundle: ModelBundle, run_id: st
     key = f"{bundle.model_name}-{bundle.version}-{digest}"
     shipped = spark.sparkContext.broadcast(files)
     levels = [f"{level:g}" for level in bundle.calibration.levels]
-    added = [StructField(PREDICTION, DoubleType(), True),
-             *[StructField(c, DoubleType(), True) for c in interval_columns(levels)],
-             *[StructField(c, StringType(), False) for c in META_COLUMNS]]
-    schema = StructType([*[f for f in frame.schema.fields if f.name not in {a.name for a in added}], *added])
-    columns = [f.name for f in schema.fields]
-    meta = {"model_name": bundle.model_name, "model_version": str(bundle.version), "run_id": run_id}
+    outputs = [PREDICTION, *interval_columns(levels)]
     version = str(bundle.version)
 
-    # A partial of module-level functions: pickled by reference, so the workers use this module's cache.
-    predict = functools.partial(_predict_partition, key=key, files=shipped, version=version, columns=columns,
-                                meta=meta, loads=loads)
-    return frame.mapInPandas(predict, schema)
+    # Only module-level functions are referenced here: they are pickled by reference, so the workers use
+    # this module's per-process bundle cache.
+    def predict_batches(batches):  # type: ignore[no-untyped-def]
+        worker = worker_bundle(key, shipped, version, loads=loads)
+        for features in batches:
+            yield predict_frame(features, worker)
 
+    # Real (not string) annotations: Spark reads them to choose the iterator-of-batches UDF kind.
+    predict_batches.__annotations__ = {"batches": Iterator[pd.DataFrame], "return": Iterator[pd.DataFrame]}
+    predict_udf = F.pandas_udf(predict_batches, StructType([StructField(c, DoubleType(), True) for c in outputs]))
 
-def _predict_partition(batches: Iterator[pd.DataFrame], *, key: str, files: Any, version: str, columns: list[str],
-                       meta: dict[str, str], loads: Any) -> Iterator[pd.DataFrame]:
-    yield from score_batches(batches, worker_bundle(key, files, version, loads=loads), columns, meta)
+    scored = "__atelier_scored"
+    dropped = [c for c in frame.columns if c in (*outputs, *META_COLUMNS)]
+    result = frame.drop(*dropped).withColumn(scored, predict_udf(F.struct(*[F.col(f) for f in bundle.feature_names])))
+    meta = {"model_name": bundle.model_name, "model_version": version, "run_id": run_id}
+    return result.select(*[c for c in result.columns if c != scored], *[F.col(f"{scored}.{c}").alias(c) for c in outputs],
+                         *[F.lit(v).alias(k) for k, v in meta.items()])
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -311,13 +314,23 @@ def interval_feature_tables(spark: SparkSession, lake: Lake, features: FeatureSe
     return tables
 
 
-def features_frame(spark: SparkSession, lake: Lake, features: FeatureSet, p: Plan, entities: DataFrame) -> DataFrame:
-    """The entities with their point-in-time features, by the training set's code (defaults applied)."""
+def features_frame(spark: SparkSession, lake: Lake, features: FeatureSet, p: Plan, entities: DataFrame,
+                   defaults: dict[str, Any] | None = None) -> DataFrame:
+    """The entities with their point-in-time features, by the training set's code. A missing or expired
+    feature takes ``defaults`` (the bundle's, what the online API serves too) or else the spec's default."""
+    from pyspark.sql import functions as F  # noqa: N812
+
     from pipelines.featurestore.offline import training_set
 
     assert features.label is not None
     frame = training_set(spark, lake, features, None, None, tables=interval_feature_tables(spark, lake, features, p),
-                         labels=entities, with_defaults=True)
+                         labels=entities, with_defaults=False)
+    defaults = defaults or {}
+    for view in features.batch_views:
+        for feature in view.features:
+            value = defaults.get(feature.name, feature.default)
+            frame = frame.withColumn(feature.name, F.coalesce(F.col(feature.name), F.lit(value).cast(
+                frame.schema[feature.name].dataType)))
     # The label is what is being predicted: not known when scoring, never carried into the output.
     frame = frame.drop(features.label.column)
     partition = entities.select(p.key, p.partition_column)
@@ -406,7 +419,8 @@ def run(spark: SparkSession, settings: Settings, usecase: UseCase, p: Plan, load
         raise BatchPredictError(f"empty interval: no rows of '{p.entity_table}' on {p.days[0]} .. {p.days[-1]}")
     timings["read_entities"] = time.perf_counter() - t0
 
-    scored = score(spark, features_frame(spark, lake, features, p, entities), bundle, p.run_id, loads)
+    frame = features_frame(spark, lake, features, p, entities, bundle.feature_defaults)
+    scored = score(spark, frame, bundle, p.run_id, loads)
     # One file per day, rows in key order: a re-run writes the same rows in the same order.
     scored = scored.repartition(F.col(p.partition_column)).sortWithinPartitions(p.key)
     lake.discard_staging(p.table, p.run_id)

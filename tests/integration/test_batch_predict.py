@@ -24,9 +24,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 TABLE = "predictions__flights_eta"
 DAY = timedelta(days=1)
-# Two December days for the in-process runs, another day for the killed job, another for Airflow.
+# Two December days for the in-process runs (the killed job re-scores the second), another day for Airflow.
 START, END = datetime(2013, 12, 10, tzinfo=UTC), datetime(2013, 12, 12, tzinfo=UTC)
-KILL_DAY = datetime(2013, 12, 14, tzinfo=UTC)
+KILL_DAY = datetime(2013, 12, 11, tzinfo=UTC)
 AIRFLOW_DAY = datetime(2013, 12, 16, tzinfo=UTC)
 
 
@@ -98,55 +98,66 @@ def test_rerun_gives_identical_output_and_keeps_other_days(spark, settings, usec
     before = rows_of(spark, lake, ["2013-12-10", "2013-12-11"])
     other_days = {d: partition_snapshot(lake, d) for d in lake.partitions(TABLE, "sched_dep_date")
                   if d not in ("2013-12-10", "2013-12-11")}
-    # A retry (same run id) writes identical rows; another run differs in its run id only.
-    for run_id in ("test-batch-a", "test-batch-b"):
-        p = predict.plan(settings, usecase, START, END, run_id, version=model.version)
-        predict.run(spark, settings, usecase, p)
-        again = rows_of(spark, lake, ["2013-12-10", "2013-12-11"])
-        assert [{**r, "run_id": "test-batch-a"} for r in again] == before
-        assert {r["run_id"] for r in again} == {run_id}
+    # Another run of the interval writes the same rows, its run id aside (a retry, same run id, is identical).
+    p = predict.plan(settings, usecase, START, END, "test-batch-b", version=model.version)
+    predict.run(spark, settings, usecase, p)
+    again = rows_of(spark, lake, ["2013-12-10", "2013-12-11"])
+    assert {r["run_id"] for r in again} == {"test-batch-b"}
+    assert [{**r, "run_id": "test-batch-a"} for r in again] == before
     # Other days' partitions are the very same files (hard links), untouched.
     assert {d: partition_snapshot(lake, d) for d in other_days} == other_days
 
 
 def test_batch_prediction_equals_online_prediction_for_the_same_flight_and_features(spark, settings, usecase, lake,
                                                                                      first_run, model):
-    """Point 4: for sampled flights, rebuild each feature row the online way -- request features with the
-    feature language's Python compiler from the raw flight row, batch-view features with the values the store
-    would return (the same values) -- and predict one row in one process as serving does
-    (``ModelBundle.predict`` on a one-row matrix): equal to the batch output within 1e-6."""
+    """Point 4: for sampled flights, the online API's own feature code (``serving.features.FeatureResolver``:
+    request features by the feature language's Python compiler from the raw flight row, store rows with
+    defaults and freshness policies) builds each feature row, the store answering with the same values the
+    batch joined (found with its event time, or missing when the batch had none); one row is predicted in
+    one process as serving does (a one-row float32 matrix, ``ModelBundle.predict`` = ``inplace_predict``,
+    ``ModelBundle.intervals``): equal to the batch output within 1e-6."""
+    import numpy as np
     from pyspark.sql import functions as F  # noqa: N812
 
-    from pipelines.features import compile_python
     from pipelines.featurestore.spec import load_feature_set
     from pipelines.models.registry import load_bundle
+    from pipelines.stores.online.base import ReadResult
+    from serving.features import FeatureResolver
 
     features = load_feature_set(usecase)
     bundle = load_bundle(settings, model.name, version=model.version)
+    resolver = FeatureResolver(features, dict(bundle.feature_defaults))
     batch = {r["flight_id"]: r for r in rows_of(spark, lake, ["2013-12-10", "2013-12-11"])}
     sample = sorted(batch)[::max(1, len(batch) // 60)]
-    request = [(f.name, compile_python(f.expr)) for v in features.request_views for f in v.features]
-    needed = sorted({c for v in features.request_views for f in v.features for c in f.expr.columns})
     flights = spark.read.parquet(lake.path("flights")).where(F.col("flight_id").isin(sample))
-    schema = dict(flights.dtypes)
-    selected = [F.unix_micros(c).alias(c) if schema[c] == "timestamp" else F.col(c) for c in needed]
-    raw = {r["flight_id"]: r.asDict() for r in flights.select("flight_id", *selected).collect()}
+    timestamps = [c for c, t in flights.dtypes if t == "timestamp"]
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    view_features = [f for v in features.batch_views for f in v.feature_names]
-    worst = 0.0
+    raw = {r["flight_id"]: {k: (epoch + timedelta(microseconds=v) if k in timestamps and v is not None else v)
+                            for k, v in r.asDict().items()}
+           for r in flights.select(*[F.unix_micros(c).alias(c) if c in timestamps else F.col(c)
+                                     for c in flights.columns]).collect()}
+    worst, missing_rows = 0.0, 0
     for flight_id in sample:
-        row = {c: (epoch + timedelta(microseconds=v) if schema[c] == "timestamp" and v is not None else v)
-               for c, v in raw[flight_id].items()}
-        online = {name: fn(row) for name, fn in request}
-        for name, value in online.items():  # the online compiler agrees with the batch's Spark columns
-            stored = batch[flight_id][name]
-            assert (value is None and stored is None) or math.isclose(value, stored, rel_tol=1e-12), name
-        online.update({name: batch[flight_id][name] for name in view_features})
-        matrix = bundle.matrix([online])
-        one = float(bundle.predict(matrix)[0])
-        worst = max(worst, abs(one - batch[flight_id]["prediction"]))
-        low, high = bundle.intervals(bundle.predict(matrix), matrix)["0.9"]
-        assert abs(low[0] - batch[flight_id]["lower_90"]) <= 1e-6 and abs(high[0] - batch[flight_id]["upper_90"]) <= 1e-6
+        row, scored = raw[flight_id], batch[flight_id]
+        keys = resolver.keys(row)
+        results = {}
+        for view in features.batch_views:
+            online = next(v.online_name for v in resolver.views if v.name == view.name)
+            event_time = scored[f"{view.name}__event_time"]
+            found = event_time is not None
+            missing_rows += not found
+            results[online] = ReadResult(keys[online], found, {f: scored[f] for f in view.feature_names} if found
+                                         else None, event_time, 0.0 if found else None)
+        resolved = resolver.resolve(row, keys, results)
+        for name in bundle.feature_names:  # the same feature values on both paths
+            a, b = resolved.values[name], scored[name]
+            assert (a is None and b is None) or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0), name
+        matrix = np.array([resolver.vector(resolved.values, bundle.feature_names)], dtype=np.float32)
+        prediction = bundle.predict(matrix)
+        worst = max(worst, abs(float(prediction[0]) - scored["prediction"]))
+        for level, (low, high) in bundle.intervals(prediction, matrix).items():
+            lo_name, hi_name = predict.interval_columns([level])
+            assert abs(low[0] - scored[lo_name]) <= 1e-6 and abs(high[0] - scored[hi_name]) <= 1e-6
     assert len(sample) >= 30 and worst <= 1e-6
 
 
@@ -221,7 +232,8 @@ def test_missing_feature_tables_fail_early_naming_them(settings, lake, model, tm
         assert f"offline feature table 'features__flights_eta__{view}' is not published" in done.stderr
 
 
-def test_spark_submit_killed_before_publishing_leaves_the_previous_partition(spark, settings, usecase, lake, model):
+def test_spark_submit_killed_before_publishing_leaves_the_previous_partition(spark, settings, usecase, lake, model,
+                                                                            first_run):
     """A real kill: the job runs under spark-submit (its own process group: JVM and Python workers) and gets
     SIGKILL as soon as its output files for the day appear in their final place in its staging folder (Spark's
     job commit; next come validation and publication) -- where an in-place Parquet overwrite would already
@@ -230,9 +242,8 @@ def test_spark_submit_killed_before_publishing_leaves_the_previous_partition(spa
     from pipelines.spark import spark_conf
 
     day, run_id = KILL_DAY.date().isoformat(), "test-batch-killed"
-    p = predict.plan(settings, usecase, KILL_DAY, KILL_DAY + DAY, "test-batch-before-kill", version=model.version)
-    predict.run(spark, settings, usecase, p)
-    version, before = lake.current_version(TABLE), partition_snapshot(lake, day)
+    version, before = lake.current_version(TABLE), partition_snapshot(lake, day)  # published by the first run
+    assert before
 
     submit = Path(sys.executable).parent / "spark-submit"
     cmd = [str(submit), "--master", settings.spark.master, "--driver-memory", settings.spark.driver_memory]
