@@ -72,10 +72,15 @@ with DAG(
         from pipelines.usecases import get_usecase
 
         name = params["usecase"]
-        for asset in (triggering_asset_events or {}):
+        params = dict(params)
+        for asset, events in (triggering_asset_events or {}).items():
             for candidate in USECASES:
                 if asset.name in (offline_features(candidate).name, retrain_request(candidate).name):
                     name = candidate
+                    for event in events:
+                        # A retrain request may carry trigger-form params (e.g. a window): the latest wins.
+                        params.update((event.extra or {}).get("params") or {})
+                        print(f"triggered by {asset.name}: {(event.extra or {}).get('reason', 'no reason given')}")
         settings = get_settings()
         overrides = overrides_from_params(params)
         _, spec = check_training_config(settings, get_usecase(name, settings.usecases_path), overrides)

@@ -11,6 +11,7 @@
     atelier [--profile P] models list [--usecase U]   registered versions: stage, aliases, holdout metrics
     atelier [--profile P] models history MODEL VERSION       the version's audited lifecycle moves
     atelier [--profile P] models move MODEL VERSION STAGE --why TEXT   a manual (audited) lifecycle move
+    atelier [--profile P] models retrain [--usecase U] [--why TEXT] [--params JSON]   a retrain request (Asset)
     atelier [--profile P] demo                        the main job on embedded defaults
 """
 
@@ -248,6 +249,14 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
                 print(f"{name} v{mv.version:<4} {tags.get('atelier.stage', '?'):<11} "
                       f"{','.join(mv.aliases or []) or '-':<11} mae {metrics.get('mae', float('nan')):6.2f}  "
                       f"coverage_90 {metrics.get('coverage_90', float('nan')):.3f}{verdict}")
+        elif args.action == "retrain":
+            from plugins.assets import retrain_request
+
+            usecase = args.usecase or _default_usecase(settings)
+            params = json.loads(args.params) if args.params else {}
+            event = _airflow_client(settings).emit_asset_event(
+                retrain_request(usecase).name, {"reason": args.why or "requested from the CLI", "params": params})
+            print(f"retrain request for {usecase} recorded (asset event {event.get('id')}); model_train runs on it")
         elif args.action == "history":
             ref = resolve_version(settings, args.model, version=args.version)
             for entry in audit_trail(ref.tags):
@@ -258,7 +267,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
             by = f"cli:{os.environ.get('USER') or 'unknown'}"
             entry = transition(settings, args.model, args.version, args.stage, by=by, why=args.why)
             print(f"{args.model} v{args.version}: {entry['from']} -> {entry['to']} (by {by})")
-    except (RuleError, RegistryUnavailable, LookupError) as exc:
+    except (RuleError, RegistryUnavailable, LookupError, json.JSONDecodeError) as exc:
         raise CliError(str(exc)) from None
 
 
@@ -333,12 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="registered model versions and their lifecycle")
-    p.add_argument("action", choices=["list", "history", "move"])
+    p.add_argument("action", choices=["list", "history", "move", "retrain"])
     p.add_argument("model", nargs="?")
     p.add_argument("version", nargs="?")
     p.add_argument("stage", nargs="?")
     p.add_argument("--usecase")
     p.add_argument("--why")
+    p.add_argument("--params", help="retrain: model_train params as JSON, e.g. '{\"start\": \"2013-06-01\"}'")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("config", help="print the effective settings")

@@ -95,6 +95,22 @@ class AirflowClient:
             time.sleep(2 * attempt)
         raise AssertionError("unreachable")
 
+    def emit_asset_event(self, asset_name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record an event of the asset named `asset_name` (as a producer task would); DAGs scheduled on it run.
+        Not retried on 5xx: a repeated event would start a second run."""
+        quoted = urllib.request.quote(asset_name, safe="")
+        assets = self._request("GET", f"/api/v2/assets?name_pattern={quoted}&limit=100").get("assets", [])
+        match = [a for a in assets if a.get("name") == asset_name]
+        if not match:
+            raise AirflowApiError(f"no asset named '{asset_name}' (a DAG must declare it; is the DAG parsed?)")
+        return dict(self._request("POST", "/api/v2/assets/events", {"asset_id": match[0]["id"],
+                                                                      "extra": extra or {}}))
+
+    def runs(self, dag_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The DAG's latest runs, newest first."""
+        answer = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit={limit}")
+        return list(answer.get("dag_runs", []))
+
     def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = 900.0) -> RunResult:
         started = time.monotonic()
         quoted = urllib.request.quote(run_id, safe="")

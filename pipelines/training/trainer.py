@@ -38,7 +38,8 @@ def _booster_params(spec: ModelSpec, hyper: dict[str, Any]) -> tuple[dict[str, A
     rounds = int(hyper.pop("n_estimators", 300))
     early = hyper.pop("early_stopping_rounds", None)
     params = {"objective": spec.objective, "tree_method": "hist", "seed": spec.seed, "nthread": 0,
-              "eval_metric": ["mae", "rmse"]}
+              # XGBoost stops early on the last metric: MAE, the metric the best model is chosen by.
+              "eval_metric": ["rmse", "mae"]}
     if spec.offset_feature:
         params["base_score"] = 0.0  # the raw output is then exactly the sum of trees; the offset is added after
     if "learning_rate" in hyper:

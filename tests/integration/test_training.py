@@ -354,3 +354,30 @@ def test_random_search_logs_nested_trials_and_keeps_the_best_on_validation(setti
     assert result.metrics["validation_mae"] == pytest.approx(best.data.metrics["validation_mae"])
     assert parent.data.params["hp.max_depth"] == best.data.params["max_depth"]
     assert parent.data.params["search_trials"] == "3"
+
+
+@pytest.mark.slow
+def test_retrain_request_asset_starts_model_train(airflow, settings, usecase, offline_feature_tables,
+                                                 registered_model):
+    """What a drift alert does: an event of `retrain.<usecase>` (carrying params) starts a training run."""
+    import time
+
+    from pipelines.models.registry import client
+    from pipelines.training.pipeline import _find_registered
+    from plugins.assets import retrain_request
+
+    before = {r["dag_run_id"] for r in airflow.runs("model_train")}
+    airflow.emit_asset_event(retrain_request(usecase.name).name, {
+        "reason": "test: drift on wx_visib", "params": {"start": "2013-10-01", "end": "2014-01-01",
+                                                        "hyperparameters": {"n_estimators": 20}}})
+    deadline = time.monotonic() + 180
+    new = []
+    while not new and time.monotonic() < deadline:
+        new = [r for r in airflow.runs("model_train") if r["dag_run_id"] not in before]
+        time.sleep(3)
+    assert new and new[0]["run_type"] == "asset_triggered"
+    result = airflow.wait_for_run("model_train", new[0]["dag_run_id"], timeout_s=1200)
+    assert result.state == "success", result.failed_tasks
+    mv = _find_registered(client(settings), "flights_eta", new[0]["dag_run_id"])
+    run = client(settings).get_run(mv.run_id)
+    assert run.data.params["window_start"] == "2013-10-01" and run.data.params["hp.n_estimators"] == "20"
