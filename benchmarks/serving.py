@@ -97,24 +97,23 @@ def group_pids(pid: int) -> list[int]:
 # ------------------------------------------------------------------------------------------------ setup
 
 
-def model_name(settings: Settings, features: Any) -> str:
+def model_version(settings: Settings, features: Any) -> tuple[str, str]:
+    """(registered name, version) served throughout the run: the use case's champion at start (pinned, as
+    aliases may move meanwhile), else a synthetic 300-tree bundle registered for the benchmark."""
     from pipelines.models.registry import ModelNotFound, resolve_version
 
-    try:
-        resolve_version(settings, "flights_eta", "champion")
-        return "flights_eta"
-    except ModelNotFound:
-        pass
-    try:
-        resolve_version(settings, BENCH_MODEL, "champion")
-    except ModelNotFound:
-        import tempfile
+    for name in ("flights_eta", BENCH_MODEL):
+        try:
+            return name, resolve_version(settings, name, "champion").version
+        except ModelNotFound:
+            continue
+    import tempfile
 
-        from serving.testing import register_bundle, synthetic_bundle
+    from serving.testing import register_bundle, synthetic_bundle
 
-        folder = Path(tempfile.mkdtemp()) / "bundle"
-        register_bundle(settings, synthetic_bundle(features, folder, trees=300, depth=8), BENCH_MODEL)
-    return BENCH_MODEL
+    folder = Path(tempfile.mkdtemp()) / "bundle"
+    ref = register_bundle(settings, synthetic_bundle(features, folder, trees=300, depth=8), BENCH_MODEL)
+    return ref.name, ref.version
 
 
 def store_overrides(settings: Settings, backend: str) -> dict[str, str]:
@@ -298,13 +297,14 @@ def phase(server: Server, triton_pid: int | None, reqs: list[bytes], endpoint: s
     return out
 
 
-def floor(settings: Settings, name: str, features_row: dict[str, Any], n: int = 2000) -> dict[str, Any]:
+def floor(settings: Settings, name: str, version: str, features_row: dict[str, Any], n: int = 2000
+          ) -> dict[str, Any]:
     import tritonclient.http as httpclient
 
     from pipelines.deploy.triton import INPUT
     from pipelines.models.registry import load_bundle
 
-    bundle = load_bundle(settings, name, "champion")
+    bundle = load_bundle(settings, name, version=version)
     bundle.booster.set_param({"nthread": 1})  # as in the Triton model
     x = np.array([[np.nan if features_row[f] is None else features_row[f] for f in bundle.feature_names]],
                  dtype=np.float32)
@@ -352,17 +352,17 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.up(module.build_spec(settings))
     triton_pid = supervisor.status(service_module("triton").build_spec(settings)).pid
     features = load_feature_set(get_usecase("flights_eta", settings.usecases_path))
-    name = model_name(settings, features)
+    name, version = model_version(settings, features)
     flights = real_flights(settings)
     ensure_features(settings, features, backends, flights)
-    log(f"model {name}; {len(flights)} real flights; load average {os.getloadavg()[0]:.1f}")
-    results: dict[str, Any] = {"benchmark": "serving", "model": name, "machine": {
+    log(f"model {name} v{version}; {len(flights)} real flights; load average {os.getloadavg()[0]:.1f}")
+    results: dict[str, Any] = {"benchmark": "serving", "model": f"{name}:{version}", "machine": {
         "cpus": os.cpu_count(), "load_avg_start": round(os.getloadavg()[0], 2)}}
     work = settings.home_path / "bench" / "serving"
     work.mkdir(parents=True, exist_ok=True)
     features_row = None
     for backend in backends:
-        env = {**store_overrides(settings, backend), "ATELIER__API__MODELS": f"{{flights_eta: {name}}}"}
+        env = {**store_overrides(settings, backend), "ATELIER__API__MODELS": f"{{flights_eta: '{name}:{version}'}}"}
         server = Server(env, work / f"log-{backend}-{int(time.time())}")
         try:
             reqs = requests_bytes(flights, server.token)
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 features_row = json.loads(path.read_text().splitlines()[0])["features_used"]
                 break
     if features_row is not None:
-        results["floor"] = floor(settings, name, features_row)
+        results["floor"] = floor(settings, name, version, features_row)
         log(f"  floor: {results['floor']}")
     results["machine"]["load_avg_end"] = round(os.getloadavg()[0], 2)
     results["seconds"] = round(time.monotonic() - started, 1)
