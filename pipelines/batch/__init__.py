@@ -11,9 +11,10 @@ from pipelines.batch.predict import (
     interval_days,
     plan,
     predictions_table,
+    read_predictions,
     run,
     score,
 )
 
 __all__ = ["BatchPredictError", "BatchResult", "Plan", "check_feature_coverage", "interval_columns",
-           "interval_days", "plan", "predictions_table", "run", "score"]
+           "interval_days", "plan", "predictions_table", "read_predictions", "run", "score"]

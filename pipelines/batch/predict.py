@@ -288,6 +288,18 @@ def score(spark: SparkSession, frame: DataFrame, bundle: ModelBundle, run_id: st
 
 
 # ------------------------------------------------------------------------------------------ the run
+def read_predictions(spark: SparkSession, lake: Lake, usecase: str, days: list[date] | None = None,
+                     column: str = "sched_dep_date") -> DataFrame:
+    """The published predictions of a use case (all days, or only `days`: partition pruning). What the
+    feedback loop and drift checks read; the version read is fixed when this is called."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    frame = spark.read.parquet(lake.path(predictions_table(usecase)))
+    if days is not None:
+        frame = frame.where(F.col(column).isin([F.lit(d) for d in days]))
+    return frame
+
+
 def read_entities(spark: SparkSession, lake: Lake, p: Plan) -> DataFrame:
     from pyspark.sql import functions as F  # noqa: N812
 
