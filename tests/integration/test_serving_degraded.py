@@ -172,3 +172,31 @@ def test_load_past_capacity_is_shed_with_429(sqlite_features, serving_model, tri
     for r in responses:
         if r.status_code == 429:
             assert r.headers["retry-after"] == "1" and r.json()["error"] == "overloaded"
+
+
+def test_model_missing_on_triton_then_redeployed(own_triton, sqlite_features, serving_model, real_flights, tmp_path):
+    """The served version unloaded from Triton behind the API's back: flagged fallbacks (reason: Triton
+    refused), then the API's maintenance deploys and loads it again by itself."""
+    import tritonclient.http as httpclient
+
+    overrides, _, _ = own_triton
+    ref, _ = serving_model
+    other = load_settings("test", environ={**os.environ, **overrides})
+    api = ApiServer({**sqlite_features, **overrides, **model_env(ref)}, tmp_path / "log").start()
+    traffic = Traffic(api, real_flights)
+    client = httpclient.InferenceServerClient(other.triton.http_url)
+    try:
+        traffic.start()
+        traffic.wait_for(lambda a: a["model"]["runtime"] == "triton", 60, "answer from Triton")
+        client.unload_model(ref.name)
+        traffic.wait_for(lambda a: a["degraded"], 30, "fallback answer")
+        traffic.wait_for(lambda a: a["model"]["runtime"] == "triton" and not a["degraded"], 90, "redeployment")
+    finally:
+        traffic.stopped.set()
+        traffic.join(30)
+        client.close()
+        api.stop()
+    assert {status for status, _ in traffic.answers} == {200}
+    reasons = {a["degraded_reasons"][0] for _, a in traffic.answers if a["degraded"]}
+    assert reasons and all(r.startswith("fallback predictor answered: Triton") for r in reasons), reasons
+    assert any("refused" in r and ref.name in r for r in reasons), reasons
