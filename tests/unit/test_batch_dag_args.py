@@ -1,0 +1,51 @@
+"""The batch_predict DAG's templated job arguments, rendered with Jinja as Airflow does (StrictUndefined)."""
+
+from __future__ import annotations
+
+import ast
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jinja2
+import pytest
+
+DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "batch_predict.py"
+
+
+def job_args() -> list[str]:
+    tree = ast.parse(DAG_FILE.read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ARGS")
+    return ast.literal_eval(node.value)
+
+
+def render(params: dict, start: datetime | None = None, end: datetime | None = None) -> list[str]:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    context = {"params": {"usecase": "flights_eta", "start": None, "end": None, "alias": "champion",
+                          "model_version": None, **params},
+               "run_id": "scheduled__2013-12-10", "data_interval_start": start, "data_interval_end": end}
+    return [env.from_string(arg).render(**context) for arg in job_args()]
+
+
+def option(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+def test_scheduled_run_scores_its_data_interval_with_the_champion():
+    args = render({}, datetime(2013, 12, 10, tzinfo=UTC), datetime(2013, 12, 11, tzinfo=UTC))
+    assert option(args, "--start") == "2013-12-10T00:00:00+00:00"
+    assert option(args, "--end") == "2013-12-11T00:00:00+00:00"
+    assert option(args, "--alias") == "champion" and "--model-version" not in args
+    assert option(args, "--run-id") == "scheduled__2013-12-10" and option(args, "--usecase") == "flights_eta"
+
+
+@pytest.mark.parametrize(("params", "flag", "value"), [
+    ({"alias": "challenger"}, "--alias", "challenger"),
+    ({"model_version": "7"}, "--model-version", "7"),
+    ({"alias": "challenger", "model_version": "7"}, "--model-version", "7"),
+])
+def test_backfill_range_with_an_alias_or_a_pinned_version(params, flag, value):
+    args = render({"start": "2013-12-01", "end": "2013-12-08", **params},
+                  datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC))
+    assert option(args, "--start") == "2013-12-01" and option(args, "--end") == "2013-12-08"
+    assert option(args, flag) == value
+    assert ("--alias" in args) != ("--model-version" in args)
