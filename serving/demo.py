@@ -69,8 +69,12 @@ def run_demo_requests(settings: Settings, *, n_single: int = 5, n_batch: int = 2
     spec = api_spec(settings)
     supervisor = Supervisor(settings.run_dir)
     lines: list[str] = []
-    started_here = supervisor.status(spec).state != "running"
-    supervisor.up(spec)
+    try:
+        spec.health()
+        started_here = False  # an API already answers there (`atelier serve` or an earlier demo): use it
+    except OSError:
+        started_here = True
+        supervisor.up(spec)
     host, port = spec.ports["http"]
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
     headers = {}
