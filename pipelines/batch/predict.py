@@ -3,8 +3,9 @@
     plan (no Spark: fails early)  interval -> days; the model version by alias or number; the entity
                                   partitions of those days; the offline feature tables' coverage
     score (Spark)                 entities of the days -> point-in-time features (``offline.training_set``,
-                                  the code training uses) -> ``mapInPandas`` batches -> ``inplace_predict``
-                                  and calibrated intervals, the bundle loaded once per Python worker
+                                  the code training uses) -> Arrow batches of the feature columns in an
+                                  iterator pandas UDF -> ``inplace_predict`` and calibrated intervals, the
+                                  bundle broadcast once and loaded once per Python worker
     stage, validate, publish      Parquet partitioned by day under the run's staging folder -> Great
                                   Expectations (``expectations/predictions``) on the staged files ->
                                   ``Lake.publish_partitions`` replaces exactly the interval's days
