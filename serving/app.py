@@ -22,6 +22,7 @@ The OpenAPI document still describes every request and response schema.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -87,6 +88,7 @@ def create_app(settings: Settings, service: PredictionService | None = None, tok
         raise RuntimeError(f"api.auth_required is on but {TOKEN_ENV} is not set: set it to the bearer token "
                            "clients must send (or turn auth off in a local profile)")
     expected = f"Bearer {token}".encode() if api.auth_required else b""
+    deadline_s = api.deadline_ms / 1000
     svc = service or PredictionService(settings)
     metrics = svc.metrics
 
@@ -186,7 +188,13 @@ def create_app(settings: Settings, service: PredictionService | None = None, tok
                 raise ApiError(422, "invalid_request", f"{len(fields)} invalid field(s): "
                                + "; ".join(f"{f['field']}: {f['message']}" for f in fields[:3]), fields) from None
             try:
-                answers = await svc.predict(rt, rows, as_of, request_id, endpoint, started)
+                # Every stage has its own budget within the deadline; this is the backstop if the process
+                # itself is starved (a slow answer is worth less than a clear "retry").
+                async with asyncio.timeout(max(0.001, started + deadline_s + 0.02 - time.perf_counter())):
+                    answers = await svc.predict(rt, rows, as_of, request_id, endpoint, started)
+            except TimeoutError:
+                raise ApiError(503, "deadline", f"no answer within the {api.deadline_ms} ms deadline",
+                               retry_after=1) from None
             except StaleFeature as exc:
                 where = f"requests.{exc.row}" if endpoint == "batch" else "features"  # type: ignore[attr-defined]
                 raise ApiError(422, "stale_feature", str(exc),
