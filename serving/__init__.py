@@ -1,5 +1,11 @@
-"""Atelier's online serving package: the prediction API, its online-feature and Triton clients.
+"""Atelier's online serving package: the prediction API (``atelier serve``), its own image (docker/serving).
 
-It has its own settings and image (docker/serving) and never imports Airflow. The API itself arrives with
-the online-prediction work; the Triton model runtime lives in the serving venv (see pipelines.services.triton).
+Modules: :mod:`serving.app` (routes, auth, limits, errors, OpenAPI), :mod:`serving.service` (the request path:
+features, inference, fallback, uncertainty, log), :mod:`serving.schemas` (spec-derived request validators,
+documented responses), :mod:`serving.features` (entity keys, freshness policies, request features),
+:mod:`serving.inference` (Triton over tritonclient's asyncio HTTP client, call coalescing),
+:mod:`serving.cassandra_async` (non-blocking Cassandra reads), :mod:`serving.resilience` (circuit breaker,
+clock), :mod:`serving.metrics` (Prometheus), :mod:`serving.predlog` (the prediction log),
+:mod:`serving.server` (uvicorn), :mod:`serving.demo` (the demo's requests). It never imports Airflow; the
+Triton model it calls is written by :mod:`pipelines.deploy`.
 """
