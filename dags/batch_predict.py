@@ -24,6 +24,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 from plugins.assets import predictions
 from plugins.operators.spark_job import AtelierSparkJobOperator
@@ -42,7 +43,9 @@ with DAG(
     dag_id="batch_predict",
     description="Score the interval's entities with the registered model into the lake's predictions table",
     doc_md=__doc__,
-    schedule="@daily",
+    # A real one-day data interval ([midnight, next midnight) UTC): Airflow 3's plain "@daily" gives
+    # zero-length intervals (start == end), which would score nothing.
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=2,

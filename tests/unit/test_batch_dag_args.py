@@ -49,3 +49,22 @@ def test_backfill_range_with_an_alias_or_a_pinned_version(params, flag, value):
     assert option(args, "--start") == "2013-12-01" and option(args, "--end") == "2013-12-08"
     assert option(args, flag) == value
     assert ("--alias" in args) != ("--model-version" in args)
+
+
+def test_the_schedule_gives_one_day_data_intervals(settings):
+    """Scheduled runs score [midnight, next midnight) UTC -- Airflow 3's plain "@daily" would give start == end."""
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pipelines.services.airflow import airflow_env
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in airflow_env(settings).items():
+            mp.setenv(key, value)
+        dag = DagBag(dag_folder=str(DAG_FILE)).dags["batch_predict"]
+    interval = dag.timetable.infer_manual_data_interval(run_after=pendulum.datetime(2013, 12, 11, 6, 30, tz="UTC"))
+    assert (interval.start, interval.end) == (pendulum.datetime(2013, 12, 10, tz="UTC"),
+                                              pendulum.datetime(2013, 12, 11, tz="UTC"))
+    args = render({}, interval.start, interval.end)
+    assert (option(args, "--start"), option(args, "--end")) == ("2013-12-10T00:00:00+00:00",
+                                                                 "2013-12-11T00:00:00+00:00")
