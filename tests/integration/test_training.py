@@ -118,6 +118,10 @@ def test_mlflow_unreachable_is_a_clear_failure_and_registers_nothing(settings, s
         train_usecase(down, spark, usecase, "it-mlflow-down", {"hyperparameters": {"n_estimators": 5}})
     with pytest.raises(RegistryUnavailable, match="127.0.0.1:9"):
         resolve_version(down, "flights_eta", alias="champion")
+    from pipelines.models.registry import client
+    from pipelines.training.pipeline import _find_registered
+
+    assert _find_registered(client(settings), "flights_eta", "it-mlflow-down") is None
 
 
 # ------------------------------------------------------------------------------------------ lifecycle
@@ -269,6 +273,16 @@ def test_model_train_through_airflow(airflow, settings, usecase, offline_feature
     assert trail[0]["to"] == "training" and trail[1]["to"] == "evaluation"
     assert all(e["by"].startswith(("model_train", "rule")) for e in trail)
     assert tags["atelier.stage"] == trail[-1]["to"]
+    # The production Asset is emitted exactly when the gate reached production.
+    tasks = airflow._request("GET", f"/api/v2/dags/model_train/dagRuns/{run_id}/taskInstances")["task_instances"]
+    announce = next(t for t in tasks if t["task_id"] == "announce_production")
+    events = airflow._request("GET", "/api/v2/assets/events?source_dag_id=model_train&limit=100")["asset_events"]
+    mine = [e for e in events if e["source_run_id"] == run_id]
+    if tags["atelier.stage"] == "production":
+        assert announce["state"] == "success"
+        assert [e["extra"]["version"] for e in mine if e["name"] == "models.production"] == [mv.version]
+    else:
+        assert announce["state"] == "skipped" and not [e for e in mine if e["name"] == "models.production"]
 
 
 @pytest.mark.slow
