@@ -212,13 +212,18 @@ def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> list[
     return applied
 
 
-def _format_validation(source: str, exc: ValidationError) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def validation_lines(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[str]:
+    """One ``  - dotted.key: reason`` line per pydantic error (what every spec and config error lists)."""
+    lines = []
     for err in exc.errors():
-        key = ".".join(str(part) for part in err["loc"]) or "<root>"
+        key = ".".join(str(part) for part in (*prefix, *err["loc"])) or "<root>"
         reason = "unknown key (not allowed)" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  - {key}: {reason}")
-    return "\n".join(lines)
+        lines.append(f"  - {key}: {reason.removeprefix('Value error, ')}")
+    return lines
+
+
+def _format_validation(source: str, exc: ValidationError) -> str:
+    return "\n".join([f"invalid configuration in {source}:", *validation_lines(exc)])
 
 
 def load_settings(

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipelines.config import validation_lines
+
 SPARK_TYPES = ("string", "int", "bigint", "double", "boolean", "date", "timestamp")
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
 
@@ -172,12 +174,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _errors(path: Path, exc: ValidationError, prefix: tuple[str, ...] = ()) -> SpecError:
-    lines = [f"invalid use-case spec {path}:"]
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in (*prefix, *err["loc"])) or "<root>"
-        reason = "unknown key (not allowed)" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  - {loc}: {reason}")
-    return SpecError("\n".join(lines))
+    return SpecError("\n".join([f"invalid use-case spec {path}:", *validation_lines(exc, prefix)]))
 
 
 def _check_references(path: Path, sources: SourcesSpec) -> None:

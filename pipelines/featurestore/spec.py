@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipelines.config import validation_lines
 from pipelines.features.checker import FeatureExpr, check_feature
 from pipelines.features.errors import FeatureDefinitionError
 from pipelines.usecases import SpecError, UseCase
@@ -139,11 +140,7 @@ def load_feature_set(usecase: UseCase) -> FeatureSet:
     try:
         spec = FeaturesFile.model_validate(usecase.extra.get("features", {}))
     except ValidationError as exc:
-        lines = [f"invalid feature spec {path}:"]
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  - {loc}: {'unknown key (not allowed)' if err['type'] == 'extra_forbidden' else err['msg']}")
-        raise SpecError("\n".join(lines)) from None
+        raise SpecError("\n".join([f"invalid feature spec {path}:", *validation_lines(exc)])) from None
 
     problems: list[str] = []
     views: dict[str, FeatureView] = {}

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.config import validation_lines
 from pipelines.usecases import SpecError, UseCase
 
 __all__ = ["ALGORITHMS", "HYPERPARAMETERS", "ModelSpec", "TrainingWindow", "load_model_spec"]
@@ -169,15 +170,6 @@ class TrainingWindow(BaseModel):
                    holdout_start=holdout, end=end)
 
 
-def format_errors(source: str, exc: ValidationError) -> str:
-    lines = [f"invalid model spec {source}:"]
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = "unknown key (not allowed)" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  - {loc}: {msg.removeprefix('Value error, ')}")
-    return "\n".join(lines)
-
-
 def load_model_spec(usecase: UseCase, overrides: dict[str, Any] | None = None,
                     feature_names: list[str] | None = None, key_columns: list[str] | None = None) -> ModelSpec:
     """Validate ``model.yaml`` (plus overrides); with ``feature_names``, every referenced feature must exist
@@ -192,7 +184,7 @@ def load_model_spec(usecase: UseCase, overrides: dict[str, Any] | None = None,
             source += " with overrides " + ", ".join(sorted(overrides))
             spec = spec.with_overrides(overrides)
     except ValidationError as exc:
-        raise SpecError(format_errors(source, exc)) from None
+        raise SpecError("\n".join([f"invalid model spec {source}:", *validation_lines(exc)])) from None
     if feature_names is not None:
         known = set(feature_names)
         refs = {"calibration.segment_by": [spec.calibration.segment_by] if spec.calibration.segment_by else [],

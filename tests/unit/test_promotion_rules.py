@@ -422,7 +422,9 @@ def test_load_rules_accepts_mappings_and_strings():
 
 def test_the_shipped_rules_file_loads():
     path = REPO / "config/usecases/flights_eta/rules.yaml"
-    assert load_rules_file(path) == []
+    rules = load_rules_file(path)
+    assert [(r.name, r.target_stage) for r in rules] == [("evaluation-to-staging", "staging"),
+                                                          ("staging-to-production", "production")]
 
 
 def test_load_rules_file_reports_yaml_errors(tmp_path):
