@@ -247,7 +247,7 @@ def test_health_readiness_metrics_and_openapi(api):
 
 
 def test_prediction_log_keeps_everything_accepted_at_shutdown(backend, serving_model, triton_service, real_flights,
-                                                              tmp_path):
+                                                              tmp_path, spark):
     _, overrides = backend
     server = ApiServer({**overrides, **BUDGETS, **model_env(serving_model[0])}, tmp_path / "log").start()
     try:
@@ -272,3 +272,7 @@ def test_prediction_log_keeps_everything_accepted_at_shutdown(backend, serving_m
     assert len(frame) == 85
     assert {"request_id", "logged_at", "as_of", "keys", "features_used", "model", "prediction", "interval",
             "degraded", "confidence", "request"} <= set(frame.columns)
+    # The lake reads it as it is: one row per answer, the folder's date as a partition column.
+    lake = spark.read.json(str(tmp_path / "log" / "flights_eta"))
+    assert lake.count() == 85 and "date" in lake.columns
+    assert lake.select("features_used.wx_temp", "model.version", "prediction.arr_delay").dropna().count() == 85
