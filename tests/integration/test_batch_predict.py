@@ -188,6 +188,21 @@ def test_failed_validation_fails_the_run_and_keeps_the_published_days(spark, set
     assert not lake.staging_path(TABLE, "test-batch-broken").exists()
 
 
+def test_plan_resolves_the_champion_by_default_or_another_alias(settings, usecase, model):
+    """Without a version the plan takes the alias (``champion`` by default), resolved once on the driver."""
+    from pipelines.models.registry import client, resolve_version
+
+    c = client(settings)
+    c.set_registered_model_alias(model.name, "batch-test", model.version)
+    try:
+        assert predict.plan(settings, usecase, START, END, "test-batch-alias", alias="batch-test").model.version \
+            == model.version
+    finally:
+        c.delete_registered_model_alias(model.name, "batch-test")
+    champion = resolve_version(settings, model.name, alias="champion")
+    assert predict.plan(settings, usecase, START, END, "test-batch-champion").model.version == champion.version
+
+
 def job_env(settings, **extra: str) -> dict[str, str]:
     from pipelines.spark import python_env
 
