@@ -219,7 +219,11 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
           "promotion rules")
     trigger_and_wait(settings, "model_train", {"usecase": usecase.name})
     _print_training(settings, usecase)
-    print("6. where things are")
+    print("6. online predictions: the prediction API (online features, Triton, intervals) for real flights")
+    from serving.demo import run_demo_requests
+
+    print(run_demo_requests(settings))
+    print("7. where things are")
     supervisor = Supervisor(settings.run_dir)
     for service in managed_services(settings):
         status = supervisor.status(service.build_spec(settings))
