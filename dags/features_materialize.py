@@ -19,6 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 from plugins.assets import feature_view
 from plugins.operators.spark_job import AtelierSparkJobOperator
@@ -36,7 +37,8 @@ with DAG(
     dag_id="features_materialize",
     description="Materialize the interval's features into the online store, then check skew",
     doc_md=__doc__,
-    schedule="@daily",
+    # A data-interval timetable: "@daily" in Airflow 3 is a trigger timetable whose runs have an empty interval.
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -219,11 +219,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
           "promotion rules")
     trigger_and_wait(settings, "model_train", {"usecase": usecase.name})
     _print_training(settings, usecase)
-    print("6. online predictions: the prediction API (online features, Triton, intervals) for real flights")
+    print("6. batch predictions: the champion scores the last week's flights on Spark, back into the lake")
+    trigger_and_wait(settings, "batch_predict", {"usecase": usecase.name, "start": DEMO_FEATURE_WINDOW[0],
+                                                 "end": DEMO_FEATURE_WINDOW[1]})
+    _print_batch(settings, usecase)
+    print("7. online predictions: the prediction API (online features, Triton, intervals) for real flights")
     from serving.demo import run_demo_requests
 
     print(run_demo_requests(settings))
-    print("7. where things are")
+    print("8. where things are")
     supervisor = Supervisor(settings.run_dir)
     for service in managed_services(settings):
         status = supervisor.status(service.build_spec(settings))
@@ -297,6 +301,18 @@ def _print_training(settings: Settings, usecase) -> None:
         print(f"  training report: {latest[-1]}")
     print(f"  in MLflow: {settings.mlflow.tracking_uri}/#/experiments/{experiment.experiment_id}/runs/"
           f"{runs[0].info.run_id} (artifacts: atelier/report/report.html)")
+
+
+def _print_batch(settings: Settings, usecase) -> None:
+    from pipelines.lake.tables import Lake
+
+    lake = Lake(settings.lake_root)
+    name = f"predictions__{usecase.name}"
+    info = lake.info(name)
+    days = lake.partitions(name, info.partition_by[0]) if info.partition_by else {}
+    shown = ", ".join(f"{d} {n:,}" for d, n in sorted(days.items())[-7:])
+    print(f"  {name}: {info.rows:,} rows, version {info.version}; rows per day: {shown}")
+    print(f"  at {info.path}")
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:

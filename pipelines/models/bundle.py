@@ -109,10 +109,13 @@ class Calibration:
         lo = np.full(predictions.shape, self.offsets[key][0])
         hi = np.full(predictions.shape, self.offsets[key][1])
         if self.segment_feature and segments is not None:
-            for i, value in enumerate(np.asarray(segments).ravel()):
+            # One lookup per distinct segment value, not per row (batch scoring calls this on whole batches).
+            values, inverse = np.unique(np.asarray(segments, dtype=np.float64).ravel(), return_inverse=True)
+            for j, value in enumerate(values):
                 seg = self.segment_offsets.get(self.segment_key(value))
                 if seg is not None:
-                    lo[i], hi[i] = seg[key]
+                    rows = inverse == j
+                    lo[rows], hi[rows] = seg[key]
         return predictions + lo, predictions + hi
 
     def to_dict(self) -> dict[str, Any]:
