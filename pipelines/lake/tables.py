@@ -101,15 +101,7 @@ class Lake:
         versions.mkdir(parents=True, exist_ok=True)
         with open(table / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            previous = self.current_version(name)
-            sequence = max((_sequence(p.name) for p in versions.iterdir()), default=0) + 1
-            version = f"v{sequence:06d}-{safe_name(run_id)}"
-            os.rename(staged, versions / version)
-            if previous:
-                _atomic_write(table / PREVIOUS, previous)
-            _atomic_write(table / CURRENT, version)
-            self._collect_garbage(name)
-        return version
+            return self._swap_in(name, staged, run_id)
 
     def discard_staging(self, name: str, run_id: str) -> None:
         shutil.rmtree(self.staging_path(name, run_id), ignore_errors=True)
@@ -165,13 +157,21 @@ class Lake:
                 if _partition_value(folder, column) is not None:
                     rows += int(json.loads((folder / PARTITION_MANIFEST).read_text())["rows"])
             self.write_manifest(staged, rows=rows, columns=columns, partition_by=[column], run_id=run_id)
-            sequence = max((_sequence(p.name) for p in versions.iterdir()), default=0) + 1
-            version = f"v{sequence:06d}-{safe_name(run_id)}"
-            os.rename(staged, versions / version)
-            if previous:
-                _atomic_write(table / PREVIOUS, previous)
-            _atomic_write(table / CURRENT, version)
-            self._collect_garbage(name)
+            return self._swap_in(name, staged, run_id)
+
+    def _swap_in(self, name: str, staged: Path, run_id: str) -> str:
+        """Under the table's lock: move `staged` in as the next version, make it current (atomic pointer
+        swap; the old one becomes previous), collect old versions. Returns the version id."""
+        table = self._table(name)
+        versions = table / "versions"
+        previous = self.current_version(name)
+        sequence = max((_sequence(p.name) for p in versions.iterdir()), default=0) + 1
+        version = f"v{sequence:06d}-{safe_name(run_id)}"
+        os.rename(staged, versions / version)
+        if previous:
+            _atomic_write(table / PREVIOUS, previous)
+        _atomic_write(table / CURRENT, version)
+        self._collect_garbage(name)
         return version
 
     def _collect_garbage(self, name: str) -> None:
