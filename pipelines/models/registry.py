@@ -111,7 +111,8 @@ def load_bundle(settings: Settings, name: str, alias: str | None = None, version
             local = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=BUNDLE_ARTIFACT_PATH,
                                                         dst_path=str(tmp),
                                                         tracking_uri=settings.mlflow.tracking_uri)
-            Path(local).rename(cache) if not cache.exists() else None
+            if not cache.exists():  # else another process cached it meanwhile
+                Path(local).rename(cache)
         except MlflowException as exc:
             raise _unavailable(settings, exc) from None
         finally:

@@ -100,13 +100,13 @@ def run_gate(settings: Settings, usecase: UseCase, run_id: str, overrides: dict[
     """Apply the use case's promotion rules to the version this run registered."""
     from pipelines.lifecycle.registry import apply_rules
     from pipelines.models.registry import ModelNotFound, client
-    from pipelines.training.pipeline import RUN_ID_TAG, _find_registered, experiment_name
+    from pipelines.training.pipeline import RUN_ID_TAG, experiment_name, find_registered
 
     features = load_feature_set(usecase)
     spec = load_model_spec(usecase, overrides, features.feature_names, features.key_columns)
     rules = promotion_rules(usecase, spec)
     c = client(settings)
-    mv = _find_registered(c, spec.name, run_id)
+    mv = find_registered(c, spec.name, run_id)
     if mv is None:
         raise ModelNotFound(f"run '{run_id}' registered no version of '{spec.name}' (tag {RUN_ID_TAG})")
     outcome = apply_rules(settings, spec.name, mv.version, rules, by=by, mlflow_client=c)

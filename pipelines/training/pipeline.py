@@ -43,14 +43,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("atelier.training")
 
-__all__ = ["BaselinesNotBeaten", "TrainingResult", "experiment_name", "run_training", "train_usecase"]
+__all__ = ["TrainingResult", "experiment_name", "find_registered", "run_training", "train_usecase"]
 
 RUN_ID_TAG = "atelier.run_id"
 AUDIT_TAG_PREFIX = "atelier.audit."
-
-
-class BaselinesNotBeaten(ValueError):
-    """The model does not beat a baseline on the holdout (when the spec requires it)."""
 
 
 @dataclass
@@ -68,7 +64,7 @@ def experiment_name(usecase: str) -> str:
     return f"atelier/{usecase}"
 
 
-def _find_registered(c: Any, model_name: str, run_id: str) -> Any | None:
+def find_registered(c: Any, model_name: str, run_id: str) -> Any | None:
     """The version a run registered, if any. Also the first call of a run: MLflow down fails it here, fast."""
     from mlflow.exceptions import MlflowException
 
@@ -77,6 +73,18 @@ def _find_registered(c: Any, model_name: str, run_id: str) -> Any | None:
     except MlflowException as exc:
         raise RegistryUnavailable(f"MLflow at {c.tracking_uri}: {str(exc).splitlines()[0][:300]}") from None
     return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def _output_dir(settings: Settings, usecase: UseCase, run_id: str) -> Path:
+    """Where a run keeps its bundle, report and segment metrics."""
+    return settings.home_path / "reports" / usecase.name / "training" / safe_name(run_id)
+
+
+def _reused(settings: Settings, c: Any, usecase: UseCase, run_id: str, mv: Any) -> TrainingResult:
+    """The result of a run that already registered ``mv`` (a retried task): nothing is trained again."""
+    log.info("run %s already registered %s version %s: reusing it", run_id, mv.name, mv.version)
+    return TrainingResult(mv.name, str(mv.version), mv.run_id, dict(c.get_run(mv.run_id).data.metrics),
+                          _output_dir(settings, usecase, run_id) / "report.html", reused=True)
 
 
 def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spec: ModelSpec, run_id: str,
@@ -90,17 +98,13 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
     started = time.perf_counter()
     c = client(settings)
     try:
-        existing = _find_registered(c, spec.name, run_id)
+        existing = find_registered(c, spec.name, run_id)
         mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
         experiment = mlflow.set_experiment(experiment_name(usecase.name))
     except MlflowException as exc:
         raise RegistryUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: {str(exc).splitlines()[0]}") from None
     if existing is not None:
-        log.info("run %s already registered %s version %s: reusing it", run_id, spec.name, existing.version)
-        metrics = c.get_run(existing.run_id).data.metrics
-        return TrainingResult(spec.name, str(existing.version), existing.run_id, metrics,
-                              settings.home_path / "reports" / usecase.name / "training" / safe_name(run_id)
-                              / "report.html", reused=True)
+        return _reused(settings, c, usecase, run_id, existing)
 
     label = features.label
     assert label is not None
@@ -148,7 +152,7 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
                                           spec.calibration.levels,
                                           valid[seg].to_numpy() if seg else None, seg,
                                           spec.calibration.min_segment_rows)
-            metrics = {f"{k}": v for k, v in error_metrics(y_hold, pred_hold).items()}
+            metrics = error_metrics(y_hold, pred_hold)
             predictors = {"model": pred_hold}
             for base, feature in spec.evaluation.baselines.items():
                 predictors[f"baseline_{base}"] = holdout[feature].to_numpy(np.float64)
@@ -179,7 +183,7 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
             defaults = {f.name: f.default for v in features.batch_views for f in v.features}
             bundle = ModelBundle(usecase.name, spec.name, label.column, list(names), defaults, calibration, ranges,
                                  fallback, feature_spec_hash(spec_text), lineage, offset_feature=spec.offset_feature)
-            out_dir = settings.home_path / "reports" / usecase.name / "training" / safe_name(run_id)
+            out_dir = _output_dir(settings, usecase, run_id)
             bundle_dir = bundle.save(out_dir / "bundle", booster=best.booster)
 
             champion = _champion_on_holdout(settings, c, spec.name, holdout, y_hold)
@@ -226,7 +230,7 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
                     "atelier.training_set_version": training_set_version,
                     "atelier.feature_spec_hash": bundle.feature_spec_hash, "atelier.algorithm": spec.algorithm,
                     **{f"{AUDIT_TAG_PREFIX}{i:04d}": json.dumps(a) for i, a in enumerate(audit)}}
-            again = _find_registered(c, spec.name, run_id)
+            again = find_registered(c, spec.name, run_id)
             if again is None:
                 _ensure_registered_model(c, spec.name, usecase)
                 mv = c.create_model_version(spec.name, model_info.model_uri, run_id=run.info.run_id, tags=tags,
@@ -320,12 +324,9 @@ def train_usecase(settings: Settings, spark: SparkSession, usecase: UseCase, run
     features = load_feature_set(usecase)
     spec = load_model_spec(usecase, overrides, features.feature_names, features.key_columns)
     c = client(settings)
-    existing = _find_registered(c, spec.name, run_id)
+    existing = find_registered(c, spec.name, run_id)
     if existing is not None:
-        return TrainingResult(spec.name, str(existing.version), existing.run_id,
-                              dict(c.get_run(existing.run_id).data.metrics),
-                              settings.home_path / "reports" / usecase.name / "training" / safe_name(run_id)
-                              / "report.html", reused=True)
+        return _reused(settings, c, usecase, run_id, existing)
     window = spec.window
     _, _, report = build_training_set(spark, settings, features, spec, run_id, window.start, window.end)
     frame, version = read_training_set(settings, usecase.name, run_id)

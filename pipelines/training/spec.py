@@ -32,7 +32,6 @@ HYPERPARAMETERS: dict[str, tuple[type, float, float]] = {
     "max_bin": (int, 16, 1024),
     "early_stopping_rounds": (int, 1, 1000),
 }
-OBJECTIVES = ("reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror")
 
 
 def check_hyperparameters(values: dict[str, Any], where: str = "hyperparameters") -> dict[str, Any]:

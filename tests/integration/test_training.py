@@ -119,9 +119,9 @@ def test_mlflow_unreachable_is_a_clear_failure_and_registers_nothing(settings, s
     with pytest.raises(RegistryUnavailable, match="127.0.0.1:9"):
         resolve_version(down, "flights_eta", alias="champion")
     from pipelines.models.registry import client
-    from pipelines.training.pipeline import _find_registered
+    from pipelines.training.pipeline import find_registered
 
-    assert _find_registered(client(settings), "flights_eta", "it-mlflow-down") is None
+    assert find_registered(client(settings), "flights_eta", "it-mlflow-down") is None
 
 
 # ------------------------------------------------------------------------------------------ lifecycle
@@ -258,13 +258,13 @@ def test_model_train_through_airflow(airflow, settings, usecase, offline_feature
 
     from pipelines.lifecycle.registry import audit_trail
     from pipelines.models.registry import client
-    from pipelines.training.pipeline import _find_registered
+    from pipelines.training.pipeline import find_registered
 
     run_id = airflow.trigger("model_train", {"usecase": usecase.name, "start": "2013-09-01", "end": "2014-01-01",
                                              "hyperparameters": {"n_estimators": 40}})
     result = airflow.wait_for_run("model_train", run_id, timeout_s=1200)
     assert result.state == "success", result.failed_tasks
-    mv = _find_registered(client(settings), "flights_eta", run_id)
+    mv = find_registered(client(settings), "flights_eta", run_id)
     assert mv is not None
     tags = dict(mv.tags)
     gate = json.loads(tags["atelier.gate"])
@@ -292,13 +292,13 @@ def test_model_train_through_airflow(airflow, settings, usecase, offline_feature
 ])
 def test_model_train_bad_config_fails_at_check_config(airflow, settings, usecase, params, reason):
     from pipelines.models.registry import client
-    from pipelines.training.pipeline import _find_registered
+    from pipelines.training.pipeline import find_registered
 
     run_id = airflow.trigger("model_train", {"usecase": usecase.name, **params})
     result = airflow.wait_for_run("model_train", run_id, timeout_s=600)
     assert result.state == "failed", reason
     assert "check_config" in result.failed_tasks  # the later tasks are upstream_failed: nothing ran
-    assert _find_registered(client(settings), "flights_eta", run_id) is None
+    assert find_registered(client(settings), "flights_eta", run_id) is None
 
 
 def test_unknown_algorithm_is_rejected_at_trigger(airflow, usecase):
@@ -377,7 +377,7 @@ def test_retrain_request_asset_starts_model_train(airflow, settings, usecase, of
     import time
 
     from pipelines.models.registry import client
-    from pipelines.training.pipeline import _find_registered
+    from pipelines.training.pipeline import find_registered
     from plugins.assets import retrain_request
 
     before = {r["dag_run_id"] for r in airflow.runs("model_train")}
@@ -392,6 +392,6 @@ def test_retrain_request_asset_starts_model_train(airflow, settings, usecase, of
     assert new and new[0]["run_type"] == "asset_triggered"
     result = airflow.wait_for_run("model_train", new[0]["dag_run_id"], timeout_s=1200)
     assert result.state == "success", result.failed_tasks
-    mv = _find_registered(client(settings), "flights_eta", new[0]["dag_run_id"])
+    mv = find_registered(client(settings), "flights_eta", new[0]["dag_run_id"])
     run = client(settings).get_run(mv.run_id)
     assert run.data.params["window_start"] == "2013-10-01" and run.data.params["hp.n_estimators"] == "20"
