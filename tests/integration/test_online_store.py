@@ -581,3 +581,34 @@ def test_cassandra_connection_lost_during_writes_is_an_error(cassandra_store, ca
         assert all(r.found for r in good.read(view.name, [r.key for r in rows], now=T0))
     finally:
         good.close()
+
+
+def test_cassandra_simulated_clock_stores_no_wall_clock_ttl(cassandra_store):
+    """A replay of 2013 writes with now=2013: a wall-clock TTL would drop a weather row (3 h TTL) three real
+    hours later although the simulated reader still finds it fresh. Reads keep expiring by event time."""
+    store = cassandra_store
+    view = make_view(ttl=3 * 3600)
+    store.apply([view])
+    simulated_now = datetime(2013, 12, 30, 12, 0, tzinfo=UTC)
+    store.write(view.name, [row("u", {"clicks": 1}, simulated_now - timedelta(minutes=10))], now=simulated_now)
+    [stored_ttl] = store._session().execute(
+        f'SELECT TTL("clicks") FROM "{store.keyspace}"."{view.table}" WHERE "user_id" = %s', ("u",)).one()
+    assert stored_ttl is None
+    assert one(store, view, "u", now=simulated_now + timedelta(hours=2)).found
+    assert not one(store, view, "u", now=simulated_now + timedelta(hours=3)).found
+
+
+# ---------------------------------------------------------------------------------------- clear
+
+
+def test_clear_deletes_every_row_and_keeps_the_view(store):
+    view, other = make_view(), make_view()
+    store.apply([view, other])
+    store.write(view.name, [row("a", {"clicks": 1}), row("b", {"clicks": 2})], now=T0)
+    store.write(other.name, [row("a", {"clicks": 3})], now=T0)
+    store.clear(view.name)
+    assert [r.found for r in store.read(view.name, [("a",), ("b",)], now=T0)] == [False, False]
+    assert one(store, other, "a").found  # only the named view
+    # Older event times can be written again after a clear (a replay restarting its clock).
+    store.write(view.name, [row("a", {"clicks": 9}, T0 - timedelta(days=1))], now=T0)
+    assert one(store, view, "a").values["clicks"] == 9

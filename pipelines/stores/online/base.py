@@ -558,6 +558,12 @@ class OnlineStore(abc.ABC):
             now = datetime.now(UTC)
         return {name: self.read(name, keys, now=now) for name, keys in requests.items()}
 
+    def clear(self, view_name: str) -> None:
+        """Delete every row of a view (its schema stays applied). For simulations that restart the clock
+        (``atelier replay``): rows are versioned by event time, so a store that already holds later rows
+        would otherwise keep them."""
+        self._clear(self._codec(view_name))
+
     def views(self) -> dict[str, FeatureViewSchema]:
         """Every view applied to this store (read from the store's registry)."""
         found = self._load_views()
@@ -668,6 +674,9 @@ class OnlineStore(abc.ABC):
     @abc.abstractmethod
     def _write(self, codec: ViewCodec, params: list[list], now_us: int) -> None:
         """Write validated parameter lists; raise OnlineStoreError unless every row was stored."""
+
+    @abc.abstractmethod
+    def _clear(self, codec: ViewCodec) -> None: ...
 
     @abc.abstractmethod
     def _read(self, codec: ViewCodec, keys: list[tuple]) -> list[tuple | list | None]:

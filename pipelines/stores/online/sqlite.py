@@ -259,6 +259,13 @@ class SQLiteOnlineStore(OnlineStore):
                 f"writing {len(params)} rows to view '{codec.view.name}' (nothing was written)", exc
             ) from exc
 
+    def _clear(self, codec: ViewCodec) -> None:
+        try:
+            with self._conn() as conn:
+                conn.execute(f"DELETE FROM {q(codec.view.table)}")
+        except sqlite3.Error as exc:
+            raise self._fail(f"clearing view '{codec.view.name}'", exc) from exc
+
     def _read(self, codec: ViewCodec, keys: list[tuple]) -> list[tuple | list | None]:
         sql = self._sql_for(codec)
         conn = self._conn()
