@@ -120,6 +120,12 @@ class ApiSettings(_Section):
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
 
 
+class FeedbackSettings(_Section):
+    outcome_log_dir: str | None = Field(None, description="where outcomes arrive as JSON lines (the replay "
+                                        "writes them; a product system may too); default <home>/outcomes")
+    mlflow_logging: bool = Field(True, description="log online metrics to the served version's MLflow run")
+
+
 class Settings(_Section):
     profile: str
     home: str = Field(".atelier", description="State directory (run files, lake, logs); relative = repo root")
@@ -133,6 +139,7 @@ class Settings(_Section):
     triton: TritonSettings = TritonSettings()
     airflow: AirflowSettings = AirflowSettings()
     api: ApiSettings = ApiSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
 
     @field_validator("profile")
     @classmethod
@@ -172,6 +179,12 @@ class Settings(_Section):
     def prediction_log_path(self) -> Path:
         return _resolve(self.api.prediction_log_dir) if self.api.prediction_log_dir else (
             self.home_path / "predictions"
+        )
+
+    @property
+    def outcome_log_path(self) -> Path:
+        return _resolve(self.feedback.outcome_log_dir) if self.feedback.outcome_log_dir else (
+            self.home_path / "outcomes"
         )
 
     @property

@@ -1,6 +1,7 @@
 """The prediction log: every answer appended to JSON-lines files the lake reads (feedback loop, monitoring).
 
-Layout: ``<dir>/<usecase>/date=YYYY-MM-DD/part-<HHMMSS>-<pid>-<n>.jsonl`` (UTC date of logging), one JSON
+Layout: ``<dir>/<usecase>/date=YYYY-MM-DD/part-<HHMMSS>-<pid>-<n>.jsonl`` (the UTC date of the record's
+``as_of``, the request's clock: the wall clock in production, the simulated one in a replay), one JSON
 object per line: request id, time, as_of, keys, features used, model and version, prediction, interval,
 flags. Spark reads it with ``spark.read.json(<dir>/<usecase>)`` (``date`` becomes a partition column);
 pandas with ``read_json(path, lines=True)``.
@@ -28,6 +29,7 @@ __all__ = ["PredictionLog"]
 
 _STOP = object()
 ROTATE_BYTES = 64 * 1024 * 1024
+MAX_OPEN_FILES = 8
 
 
 class PredictionLog:
@@ -37,7 +39,7 @@ class PredictionLog:
         self.max_batch, self.flush_s = batch, flush_s
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
-        self._files: dict[str, tuple[str, Any, int]] = {}  # usecase -> (date, file, bytes)
+        self._files: dict[tuple[str, str], tuple[Any, int]] = {}  # (usecase, date) -> (file, bytes)
         self._seq = 0
         self._on_written = on_written
         self.accepted = self.dropped = self.written = 0
@@ -92,38 +94,43 @@ class PredictionLog:
                 self._write(items)
             except Exception as exc:  # noqa: BLE001 - keep the writer alive; the error is reported by health
                 self.error = exc
-        for _, f, _ in self._files.values():
+        for f, _ in self._files.values():
             f.close()
         self._files.clear()
 
     def _write(self, items: list) -> None:
-        day = datetime.now(UTC).strftime("%Y-%m-%d")
-        by_usecase: dict[str, list[bytes]] = {}
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        by_file: dict[tuple[str, str], list[bytes]] = {}
         for usecase, record in items:
-            by_usecase.setdefault(usecase, []).append(
+            as_of = record.get("as_of")
+            day = as_of[:10] if isinstance(as_of, str) and len(as_of) >= 10 else today
+            by_file.setdefault((usecase, day), []).append(
                 orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
-        for usecase, lines in by_usecase.items():
-            f = self._file(usecase, day)
+        for where, lines in by_file.items():
+            handle, size = self._file(*where)
             data = b"".join(lines)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            d, handle, size = self._files[usecase]
-            self._files[usecase] = (d, handle, size + len(data))
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+            self._files[where] = (handle, size + len(data))
             self.written += len(lines)
             if self._on_written is not None:
                 self._on_written(len(lines))
 
-    def _file(self, usecase: str, day: str) -> Any:
-        current = self._files.get(usecase)
-        if current is not None and current[0] == day and current[2] < ROTATE_BYTES:
-            return current[1]
+    def _file(self, usecase: str, day: str) -> tuple[Any, int]:
+        current = self._files.get((usecase, day))
+        if current is not None and current[1] < ROTATE_BYTES:
+            return current
         if current is not None:
-            current[1].close()
+            current[0].close()
+            del self._files[(usecase, day)]
+        if len(self._files) >= MAX_OPEN_FILES:  # a replay moves from day to day: close the oldest
+            oldest = next(iter(self._files))
+            self._files.pop(oldest)[0].close()
         folder = self.folder / usecase / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         name = f"part-{time.strftime('%H%M%S', time.gmtime())}-{os.getpid()}-{self._seq}.jsonl"
         handle = open(folder / name, "ab")  # noqa: SIM115 - kept open across batches
-        self._files[usecase] = (day, handle, 0)
-        return handle
+        self._files[(usecase, day)] = (handle, 0)
+        return handle, 0

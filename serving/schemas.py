@@ -1,7 +1,8 @@
 """Request and response schemas. Requests are derived from the use case's spec, so a new use case needs no code.
 
 A request row carries the columns the features need at request time: every batch view's entity keys (to look
-features up) and the columns read by request features (computed on the spot). Types come from the lake
+features up) and the columns read by request features (computed on the spot); optionally the label's keys
+(flights: ``flight_id``), logged with the answer so the feedback loop can join it with its outcome. Types come from the lake
 table's schema; required-ness and ranges from its expectation suite (``expect_column_values_to_not_be_null``,
 ``expect_column_values_to_be_between``), the same rules the lake applies to that data. Strict: unknown
 fields, wrong types (no "12" for 12), NaN/inf, naive timestamps and out-of-range values are rejected, field
@@ -14,11 +15,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
-import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from pipelines.featurestore.spec import FeatureSet
-from pipelines.quality.expectations import EXPECTATIONS_DIR
+from pipelines.interface import outcome_key_columns, request_columns, suite_rules
 from pipelines.usecases import UseCase
 
 __all__ = ["BatchResponse", "ErrorResponse", "PredictionResponse", "RequestSchema", "field_errors"]
@@ -32,48 +32,17 @@ TIMESTAMP_RANGE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-def _suite_rules(usecase: UseCase, table: str) -> tuple[set[str], dict[str, tuple[float | None, float | None]]]:
-    """(not-null columns, {column: (min, max)}) from the table's expectation suite."""
-    spec = usecase.tables.get(table)
-    name = getattr(spec, "expectations", None) if spec is not None else None
-    path = EXPECTATIONS_DIR / (name or table) / "suite.yaml"
-    if not path.exists():
-        return set(), {}
-    data = yaml.safe_load(path.read_text()) or {}
-    not_null, ranges = set(), {}
-    for exp in data.get("expectations", []):
-        kwargs = exp.get("kwargs", {})
-        if exp.get("type") == "expect_column_values_to_not_be_null" and "mostly" not in kwargs:
-            not_null.add(kwargs["column"])
-        elif exp.get("type") == "expect_column_values_to_be_between" and "mostly" not in kwargs:
-            ranges[kwargs["column"]] = (kwargs.get("min_value"), kwargs.get("max_value"))
-    return not_null, ranges
-
-
-def request_columns(usecase: UseCase, features: FeatureSet) -> dict[str, tuple[str, str]]:
-    """{column: (type, source table)} a request must carry: entity keys, then request-feature inputs."""
-    out: dict[str, tuple[str, str]] = {}
-    for view in features.batch_views:
-        for key, key_type in zip(view.keys, view.key_types, strict=True):
-            out.setdefault(key, (key_type, view.source))
-    for view in features.request_views:
-        schema = usecase.tables[view.source].output_schema
-        for feature in view.features:
-            for column in sorted(feature.expr.columns):
-                out.setdefault(column, (schema[column], view.source))
-    return out
-
-
 class RequestSchema:
     """Validators of one use case's single and batch requests (pydantic-core, strict JSON mode)."""
 
     def __init__(self, usecase: UseCase, features: FeatureSet, max_batch: int) -> None:
         self.usecase = usecase.name
         self.columns = request_columns(usecase, features)
+        self.outcome_keys = {c: t for c, t in outcome_key_columns(usecase, features).items() if c not in self.columns}
         fields: dict[str, Any] = {}
         rules: dict[str, tuple[set[str], dict]] = {}
-        for column, (dtype, table) in self.columns.items():
-            not_null, ranges = rules.setdefault(table, _suite_rules(usecase, table))
+        for column, (dtype, table) in {**self.columns, **self.outcome_keys}.items():
+            not_null, ranges = rules.setdefault(table, suite_rules(usecase, table))
             py = _TYPES[dtype]
             constraints: dict[str, Any] = {}
             if dtype == "string":
@@ -86,7 +55,7 @@ class RequestSchema:
                     constraints["ge"] = lo
                 if hi is not None:
                     constraints["le"] = hi
-            if column in not_null:
+            if column in not_null and column not in self.outcome_keys:
                 fields[column] = (py, Field(..., **constraints))
             else:
                 fields[column] = (py | None, Field(None, **constraints))
@@ -102,7 +71,7 @@ class RequestSchema:
         )
         self._single = TypeAdapter(self.single_model)
         self._batch = TypeAdapter(self.batch_model)
-        self.names = list(self.columns)
+        self.names = [*self.columns, *self.outcome_keys]
 
     def single(self, body: bytes) -> dict[str, Any]:
         """The validated row as a dict (raises pydantic ValidationError)."""
@@ -183,4 +152,4 @@ class ErrorResponse(_Doc):
     fields: list[FieldError] | None = None
 
 
-__all__ += ["Confidence", "FeatureViewReport", "ModelRef", "ValidationError", "request_columns"]
+__all__ += ["Confidence", "FeatureViewReport", "ModelRef", "ValidationError", "outcome_key_columns", "request_columns"]

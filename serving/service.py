@@ -25,18 +25,17 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from pipelines.config import Settings
 from pipelines.featurestore.spec import FeatureSet, load_feature_set
+from pipelines.interface import OutputSpec
 from pipelines.models.bundle import ModelBundle
-from pipelines.usecases import UseCase, get_usecase
+from pipelines.usecases import get_usecase
 from serving.cassandra_async import read_many_views_async, supports_async
 from serving.features import FeatureResolver, StaleFeature
 from serving.inference import TritonModel, TritonUnavailable
@@ -53,20 +52,6 @@ MIN_INFERENCE_S = 0.002  # below this much time left, the fallback answers at on
 
 class NoModel(RuntimeError):
     """No model bundle is loaded for the use case (registry unreachable or no version): 503, retry later."""
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    name: str
-    unit: str | None = None
-    time_from: str | None = None
-    time_name: str | None = None
-
-    @classmethod
-    def load(cls, usecase: UseCase, label: str) -> OutputSpec:
-        path = usecase.path / "serving.yaml"
-        data = (yaml.safe_load(path.read_text()) or {}).get("prediction", {}) if path.exists() else {}
-        return cls(data.get("name", label), data.get("unit"), data.get("time_from"), data.get("time_name"))
 
 
 class UseCaseRuntime:
@@ -444,6 +429,7 @@ class PredictionService:
             "as_of": _iso(as_of),
         }
         record = dict(answer)
+        record["route"] = "primary"
         record["logged_at"] = datetime.now(UTC)
         record["request"] = row
         record["keys"] = {view: list(k) if k is not None else None for view, k in keys.items()}
