@@ -66,6 +66,7 @@ class Calibration:
     segment_feature: str | None = None
     segment_offsets: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     rows: int = 0
+    method: str = "split_conformal"
 
     @staticmethod
     def segment_key(value: Any) -> str:
@@ -119,7 +120,7 @@ class Calibration:
         return predictions + lo, predictions + hi
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": "split_conformal", "levels": list(self.levels), "rows": self.rows,
+        return {"method": self.method, "levels": list(self.levels), "rows": self.rows,
                 "offsets": {k: list(v) for k, v in self.offsets.items()},
                 "segment_feature": self.segment_feature,
                 "segment_offsets": {s: {k: list(v) for k, v in o.items()} for s, o in self.segment_offsets.items()}}
@@ -129,7 +130,7 @@ class Calibration:
         return cls(tuple(data["levels"]), {k: (v[0], v[1]) for k, v in data["offsets"].items()},
                    data.get("segment_feature"),
                    {s: {k: (v[0], v[1]) for k, v in o.items()} for s, o in data.get("segment_offsets", {}).items()},
-                   int(data.get("rows", 0)))
+                   int(data.get("rows", 0)), str(data.get("method", "split_conformal")))
 
 
 @dataclass(frozen=True)
@@ -205,13 +206,16 @@ class ModelBundle:
             out = out + np.asarray(matrix, dtype=np.float32)[:, self.feature_names.index(self.offset_feature)]
         return out
 
-    def intervals(self, predictions: np.ndarray, matrix: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """``{"0.8": (low, high), "0.9": (...)}`` for every calibrated level."""
+    def intervals(self, predictions: np.ndarray, matrix: np.ndarray | None = None,
+                  calibration: Calibration | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{"0.8": (low, high), "0.9": (...)}`` for every calibrated level, by the bundle's calibration or
+        ``calibration`` (a recalibration from the feedback loop)."""
+        calibration = calibration or self.calibration
         segments = None
-        if self.calibration.segment_feature and matrix is not None:
-            segments = matrix[:, self.feature_names.index(self.calibration.segment_feature)]
-        return {_level_key(level): self.calibration.interval(predictions, level, segments)
-                for level in self.calibration.levels}
+        if calibration.segment_feature and matrix is not None:
+            segments = matrix[:, self.feature_names.index(calibration.segment_feature)]
+        return {_level_key(level): calibration.interval(predictions, level, segments)
+                for level in calibration.levels}
 
     def out_of_range(self, values: Mapping[str, float]) -> list[str]:
         """Features whose value lies outside the training range (the 0.1-99.9 percentiles)."""
