@@ -35,3 +35,9 @@ def predictions(usecase: str) -> Asset:
     """A use case's batch predictions lake table (``predictions__<usecase>``, partitioned by day); the
     feedback loop and drift checks read it."""
     return Asset(name=f"predictions.{usecase}", uri=f"atelier://lake/predictions__{usecase}", group="predictions")
+
+
+def feedback(usecase: str) -> Asset:
+    """A use case's feedback tables (``served__``, ``outcomes__``, ``feedback__``, ``online_metrics__<usecase>``)
+    were republished by ``monitoring_feedback``; drift checks and deployment analysis read them."""
+    return Asset(name=f"feedback.{usecase}", uri=f"atelier://lake/feedback__{usecase}", group="monitoring")

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.config import validation_lines
 from pipelines.featurestore.spec import FeatureSet, LabelSpec, parse_duration
+from pipelines.monitoring.calibration import AdaptiveConformalConfig
 from pipelines.usecases import SpecError, UseCase
 
 __all__ = ["FeedbackSpec", "load_feedback_spec"]
@@ -25,6 +27,9 @@ class _File(BaseModel):
     label_delay: str = "0s"
     max_label_lag: str = "2d"
     segments: dict[str, str] = Field(default_factory=dict)
+    recalibration: dict[str, Any] | None = Field(None, description="adaptive conformal recalibration of the "
+                                                 "intervals from the outcomes (pipelines.monitoring.calibration); "
+                                                 "absent = the bundle's calibration is served as trained")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class FeedbackSpec:
     max_label_lag: timedelta
     segments: dict[str, str]
     """{segment name: request column or feature name}"""
+    recalibration: AdaptiveConformalConfig | None = None
 
 
 def load_feedback_spec(usecase: UseCase, features: FeatureSet) -> FeedbackSpec:
@@ -67,7 +73,16 @@ def load_feedback_spec(usecase: UseCase, features: FeatureSet) -> FeedbackSpec:
     for name, column in spec.segments.items():
         if column not in known:
             problems.append(f"segments.{name}: '{column}' is neither a column of '{label.source}' nor a feature")
+    recalibration = None
+    if spec.recalibration is not None:
+        try:
+            recalibration = AdaptiveConformalConfig.model_validate(spec.recalibration)
+        except ValidationError as exc:
+            problems += [line.strip().removeprefix("- ") for line in validation_lines(exc, ("recalibration",))]
+        if recalibration is not None and recalibration.segment_feature and \
+                recalibration.segment_feature not in features.feature_names:
+            problems.append(f"recalibration.segment_feature: '{recalibration.segment_feature}' is not a feature")
     if problems:
         raise SpecError(f"invalid feedback spec {path}:\n" + "\n".join(f"  - {p}" for p in problems))
     return FeedbackSpec(usecase.name, label, spec.request_time, spec.outcome_time, durations["label_delay"],
-                        durations["max_label_lag"], dict(spec.segments))
+                        durations["max_label_lag"], dict(spec.segments), recalibration)

@@ -29,8 +29,8 @@ from pipelines.usecases import load_usecase
 
 REPO = Path(__file__).resolve().parents[2]
 # Suites that guard a job's output rather than an ingested table (their kwargs take `{$param: ...}` values the
-# job fills in; tests/unit/test_batch_partitions.py checks the predictions suite).
-OUTPUT_SUITES = ["predictions"]
+# job fills in; tests/unit/test_batch_partitions.py checks the predictions suite, the feedback tests the others).
+OUTPUT_SUITES = ["feedback", "online_metrics", "outcomes", "predictions", "served"]
 SUITES = sorted(p.parent.name for p in (REPO / "expectations").glob("*/suite.yaml")
                 if p.parent.name not in OUTPUT_SUITES)
 FLIGHTS_ETA = REPO / "config" / "usecases" / "flights_eta"

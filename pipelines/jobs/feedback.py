@@ -1,0 +1,59 @@
+"""Feedback-loop jobs (spark-submit entry points).
+
+    feedback.py run          --usecase U --run-id R --start D --end D   log + outcomes -> lake, join, online metrics
+    feedback.py served-skew  --usecase U --run-id R --start D --end D   served features vs offline recomputation
+"""
+
+from __future__ import annotations
+
+import json
+
+from pipelines.jobs.common import base_parser, context, log, run_job
+from pipelines.jobs.features import parse_time
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("step", choices=["run", "served-skew"])
+    parser.add_argument("--start", required=True, help="interval start (inclusive), ISO date, UTC")
+    parser.add_argument("--end", required=True, help="interval end (exclusive), ISO date, UTC")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log online metrics to MLflow")
+    args = parser.parse_args(argv)
+
+    from pipelines.spark import get_spark
+
+    settings, usecase = context(args)
+    start, end = parse_time(args.start), parse_time(args.end)
+    assert start is not None and end is not None
+    if start.date() >= end.date():
+        raise ValueError(f"empty interval: --start {args.start} is not a day before --end {args.end}")
+    spark = get_spark(settings, f"atelier-feedback-{args.step}-{usecase.name}")
+    try:
+        if args.step == "run":
+            from pipelines.monitoring.feedback import run_feedback
+
+            result = run_feedback(spark, settings, usecase, start.date(), end.date(), args.run_id,
+                                  log_to_mlflow=False if args.no_mlflow else None)
+            print(result.to_text(), flush=True)
+            log.info("feedback %s", json.dumps(result.to_dict(), default=str))
+        else:
+            from pipelines.monitoring.feedback import check_served_skew
+
+            report = check_served_skew(spark, settings, usecase, start.date(), end.date(), args.run_id)
+            print(report.to_text() if report is not None else "no served predictions in the interval: nothing "
+                  "to check", flush=True)
+    finally:
+        spark.stop()
+
+
+def expected_failures() -> tuple[type[BaseException], ...]:
+    from pipelines.lake.tables import TableNotFound
+    from pipelines.models.registry import ModelNotFound, RegistryUnavailable
+    from pipelines.monitoring.served_skew import ServedSkewDetected
+    from pipelines.quality.expectations import ValidationFailed
+
+    return (TableNotFound, ValidationFailed, ModelNotFound, RegistryUnavailable, ServedSkewDetected, ValueError)
+
+
+if __name__ == "__main__":
+    run_job(main, expected_failures())
