@@ -127,6 +127,8 @@ class PredictionResponse(_Doc):
         description='per nominal level ("0.8", "0.9"): {name: [low, high]} for the value and the time')
     confidence: Confidence
     model: ModelRef
+    calibration: str = Field(description="the intervals' calibration: '<model>:<version>/bundle' (as trained) or a "
+                                         "recalibration from the outcomes ('<model>:<version>/cal-<time>-<hash>')")
     features: dict[str, FeatureViewReport]
     degraded: bool
     degraded_reasons: list[str]

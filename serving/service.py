@@ -12,7 +12,8 @@ A request's path (:meth:`PredictionService.predict`), every stage bounded by wha
 2. transform: freshness policies, request features (feature language's Python compiler), the float32 row.
 3. inference on Triton (kept-alive HTTP, timeout = min(triton budget, time left)); a timeout, a refusal, a
    missing model or an open circuit -> the bundle's fallback predictor, ``degraded: true`` with the reason.
-4. intervals from the bundle's split-conformal calibration; confidence lowered (and why) for defaulted or
+4. intervals from the calibration in use (the bundle's split-conformal one, or the newest recalibration the
+   feedback loop published for this version, followed every 2 s and named in the answer); confidence lowered (and why) for defaulted or
    stale features, out-of-training-range values and fallback answers; the answer goes to the prediction log.
 """
 
@@ -34,7 +35,8 @@ import numpy as np
 from pipelines.config import Settings
 from pipelines.featurestore.spec import FeatureSet, load_feature_set
 from pipelines.interface import OutputSpec
-from pipelines.models.bundle import ModelBundle
+from pipelines.models.bundle import Calibration, ModelBundle
+from pipelines.monitoring.recalibration import bundle_calibration_id, calibration_dir, load_current
 from pipelines.usecases import get_usecase
 from serving.cassandra_async import read_many_views_async, supports_async
 from serving.features import FeatureResolver, StaleFeature
@@ -72,6 +74,10 @@ class UseCaseRuntime:
         self.triton_breaker = CircuitBreaker(failures=3, cooldown_s=0.5)
         self.triton_ready = False
         self.levels: list[str] = []
+        # The intervals' calibration: the bundle's, until the feedback loop publishes a recalibration.
+        self.calibration: Calibration | None = None
+        self.calibration_id = ""
+        self.calibration_stamp: int | None = None
 
     def attach(self, bundle: ModelBundle) -> None:
         missing = [f for f in bundle.feature_names if f not in self.resolver.feature_names]
@@ -81,6 +87,38 @@ class UseCaseRuntime:
         self.resolver = FeatureResolver(self.features, {k: v for k, v in bundle.feature_defaults.items()})
         self.levels = [f"{level:g}" for level in bundle.calibration.levels]
         self.bundle, self.bundle_error = bundle, None
+        self.calibration, self.calibration_stamp = bundle.calibration, None
+        self.calibration_id = bundle_calibration_id(self.model_name, str(bundle.version))
+
+    def follow_calibration(self, settings: Settings) -> None:
+        """Serve the newest recalibration the feedback loop published for this version (if changed)."""
+        if self.bundle is None:
+            return
+        folder = calibration_dir(settings, self.name, self.model_name, str(self.bundle.version))
+        try:
+            stamp = (folder / "current.json").stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp == self.calibration_stamp:
+            return
+        self.calibration_stamp = stamp
+        try:
+            loaded = load_current(folder)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("use case %s: unreadable recalibration in %s (%s): keeping %s", self.name, folder, exc,
+                        self.calibration_id)
+            return
+        if loaded is None:
+            return
+        calibration_id, calibration = loaded
+        segment = calibration.segment_feature
+        if tuple(calibration.levels) != tuple(self.bundle.calibration.levels) or (
+                segment is not None and segment not in self.bundle.feature_names):
+            log.warning("use case %s: recalibration %s does not fit the model (levels or segment feature): "
+                        "keeping %s", self.name, calibration_id, self.calibration_id)
+            return
+        self.calibration, self.calibration_id = calibration, calibration_id
+        log.info("use case %s: serving intervals of %s", self.name, calibration_id)
 
 
 def _iso(ts: datetime) -> str:
@@ -136,6 +174,7 @@ class PredictionService:
         self.log.start()
         for rt in self.runtimes.values():
             await self._load_bundle(rt)
+            rt.follow_calibration(self.settings)
             await self._ensure_triton(rt, force=True)
         await self._check_store()
         self._maintenance = asyncio.create_task(self._maintain())
@@ -250,6 +289,7 @@ class PredictionService:
                     if rt.bundle is None and time.monotonic() - last_bundle_try > 10.0:
                         last_bundle_try = time.monotonic()
                         await self._load_bundle(rt)
+                    rt.follow_calibration(self.settings)
                     await self._ensure_triton(rt)
                 await self._check_store()
             except asyncio.CancelledError:
@@ -370,7 +410,7 @@ class PredictionService:
         t2 = time.perf_counter()
         predictions, fallback_reason = await self.infer(rt, matrix, deadline)
         t3 = time.perf_counter()
-        intervals = bundle.intervals(predictions, matrix)
+        intervals = bundle.intervals(predictions, matrix, rt.calibration)
         answers = [self._answer(rt, bundle, rows[i], keys[i], resolved[i], float(predictions[i]),
                                 {lvl: (float(lo[i]), float(hi[i])) for lvl, (lo, hi) in intervals.items()},
                                 fallback_reason, store_problem, as_of,
@@ -423,6 +463,7 @@ class PredictionService:
             "confidence": {"level": level, "reasons": reasons},
             "model": {"name": rt.model_name, "version": bundle.version,
                       "runtime": "fallback" if fallback_reason else "triton"},
+            "calibration": rt.calibration_id,
             "features": resolved.report,
             "degraded": bool(degraded_reasons),
             "degraded_reasons": degraded_reasons,

@@ -350,52 +350,30 @@ def features_frame(spark: SparkSession, lake: Lake, features: FeatureSet, p: Pla
     return frame.join(partition, p.key, "inner")
 
 
+def interval_pairs(levels: list[str], prediction: str = PREDICTION) -> list[tuple[str, str]]:
+    """``(a, b)`` column pairs with ``a >= b`` when intervals nest outwards around the prediction:
+    lower_90 <= lower_80 <= prediction <= upper_80 <= upper_90 (levels ascending)."""
+    cols = interval_columns(levels)
+    lowers, uppers = cols[0::2], cols[1::2]
+    pairs = [(prediction, lowers[0]), (uppers[0], prediction)]
+    pairs += [(lowers[i], lowers[i + 1]) for i in range(len(lowers) - 1)]
+    pairs += [(uppers[i + 1], uppers[i]) for i in range(len(uppers) - 1)]
+    return pairs
+
+
 def validate_output(frame: DataFrame, p: Plan, input_rows: int, levels: list[str], settings: Settings):
     """Great Expectations on the staged predictions (suite ``expectations/predictions``, parameters filled
     in). Returns the report; raises ``ValidationFailed`` (report saved) on a violation."""
-    from pipelines.quality.expectations import EXPECTATIONS_DIR, ValidationFailed, validate_frames
+    from pipelines.quality.expectations import ValidationFailed, suite_with_params, validate_with_suites
 
-    params: dict[str, Any] = {"input_rows": input_rows, "key": p.key, "partition": p.partition_column}
-    cols = interval_columns(levels)
-    # Intervals nest outwards: lower_90 <= lower_80 <= prediction <= upper_80 <= upper_90 (levels ascending).
-    lowers, uppers = cols[0::2], cols[1::2]
-    pairs = [(PREDICTION, lowers[0]), (uppers[0], PREDICTION)]
-    pairs += [(lowers[i], lowers[i + 1]) for i in range(len(lowers) - 1)]
-    pairs += [(uppers[i + 1], uppers[i]) for i in range(len(uppers) - 1)]
-    with tempfile.TemporaryDirectory(prefix="atelier-suite-") as tmp:
-        write_suite(EXPECTATIONS_DIR / SUITE / "suite.yaml", Path(tmp) / SUITE / "suite.yaml", params, pairs)
-        report = validate_frames({p.table: (frame, SUITE)}, p.run_id, expectations_dir=Path(tmp))
+    params: dict[str, Any] = {"input_rows": input_rows, "key": p.key, "partition": p.partition_column,
+                              "ordered": interval_pairs(levels)}
+    report = validate_with_suites({p.table: (frame, suite_with_params(SUITE, params))}, p.run_id)
     folder = settings.home_path / "reports" / p.usecase / "batch_predict" / _safe(p.run_id)
     report.save(folder)
     if not report.success:
         raise ValidationFailed(report)
     return report
-
-
-def write_suite(source: Path, target: Path, params: dict[str, Any], ordered_pairs: list[tuple[str, str]]) -> None:
-    """The suite with ``{$param: name}`` kwargs filled in and, for ``column_pairs: {$param: ordered}``, one
-    ``a >= b`` expectation per ordered pair of columns."""
-    import yaml
-
-    suite = yaml.safe_load(source.read_text())
-    out = []
-    for exp in suite["expectations"]:
-        kwargs = exp.get("kwargs") or {}
-        if kwargs.get("column_pairs") == {"$param": "ordered"}:
-            rest = {k: v for k, v in kwargs.items() if k != "column_pairs"}
-            out += [{"type": exp["type"], "kwargs": {"column_A": a, "column_B": b, **rest}} for a, b in ordered_pairs]
-            continue
-        filled = {}
-        for name, value in kwargs.items():
-            if isinstance(value, dict) and "$param" in value:
-                if value["$param"] not in params:
-                    raise BatchPredictError(f"{source}: unknown parameter {value['$param']!r} "
-                                            f"(known: {sorted(params)})")
-                value = params[value["$param"]]
-            filled[name] = value
-        out.append({**exp, "kwargs": filled})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump({"expectations": out}))
 
 
 def _safe(run_id: str) -> str:

@@ -115,6 +115,30 @@ def load_suite(name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> dict[str
     return data
 
 
+def suite_with_params(name: str, params: dict[str, Any], expectations_dir: Path = EXPECTATIONS_DIR) -> dict[str, Any]:
+    """A job-output suite as data: ``{$param: x}`` kwargs replaced by ``params[x]``, and a
+    ``column_pairs: {$param: x}`` kwarg expanded to one expectation per ``(column_A, column_B)`` pair of
+    ``params[x]``. An unknown parameter is a :class:`SuiteError` naming it."""
+    suite = load_suite(name, expectations_dir)
+
+    def value_of(value: Any) -> Any:
+        if isinstance(value, dict) and "$param" in value:
+            if value["$param"] not in params:
+                raise SuiteError(f"{suite['path']}: unknown parameter {value['$param']!r} (known: {sorted(params)})")
+            return params[value["$param"]]
+        return value
+
+    out = []
+    for exp in suite["expectations"]:
+        kwargs = {k: value_of(v) for k, v in (exp.get("kwargs") or {}).items()}
+        if "column_pairs" in kwargs:
+            pairs = kwargs.pop("column_pairs")
+            out += [{**exp, "kwargs": {"column_A": a, "column_B": b, **kwargs}} for a, b in pairs]
+        else:
+            out.append({**exp, "kwargs": kwargs})
+    return {"path": suite["path"], "expectations": out}
+
+
 def references(suite: dict[str, Any]) -> set[str]:
     """The `table.column` references a suite needs resolved."""
     refs = set()

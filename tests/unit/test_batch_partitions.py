@@ -18,19 +18,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipelines.batch.predict import (
     BatchPredictError,
     check_feature_coverage,
     interval_columns,
     interval_days,
-    write_suite,
+    interval_pairs,
 )
 from pipelines.featurestore.spec import load_feature_set
 from pipelines.lake import tables as tables_module
 from pipelines.lake.tables import CURRENT, PARTITION_MANIFEST, Lake, write_partition_manifest
-from pipelines.quality.expectations import EXPECTATIONS_DIR
+from pipelines.quality.expectations import SuiteError, suite_with_params
 from pipelines.usecases import load_usecase
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,19 +207,22 @@ def test_interval_columns():
     assert interval_columns(["0.95"]) == ["lower_95", "upper_95"]
 
 
-def test_suite_parameters_are_filled_and_pairs_expanded(tmp_path):
-    target = tmp_path / "predictions" / "suite.yaml"
-    write_suite(EXPECTATIONS_DIR / "predictions" / "suite.yaml", target,
-                {"input_rows": 987, "key": "flight_id", "partition": "sched_dep_date"},
-                [("prediction", "lower_80"), ("upper_80", "prediction")])
-    exps = yaml.safe_load(target.read_text())["expectations"]
+def test_suite_parameters_are_filled_and_pairs_expanded():
+    suite = suite_with_params("predictions", {"input_rows": 987, "key": "flight_id", "partition": "sched_dep_date",
+                                              "ordered": [("prediction", "lower_80"), ("upper_80", "prediction")]})
+    exps = suite["expectations"]
     assert {"type": "expect_table_row_count_to_equal", "kwargs": {"value": 987}} in exps
     assert {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "flight_id"}} in exps
     pairs = [e["kwargs"] for e in exps if e["type"] == "expect_column_pair_values_a_to_be_greater_than_b"]
     assert pairs == [{"column_A": "prediction", "column_B": "lower_80", "or_equal": True},
                      {"column_A": "upper_80", "column_B": "prediction", "or_equal": True}]
-    with pytest.raises(BatchPredictError, match="unknown parameter 'input_rows'"):
-        write_suite(EXPECTATIONS_DIR / "predictions" / "suite.yaml", target, {}, [])
+    with pytest.raises(SuiteError, match="unknown parameter 'input_rows'"):
+        suite_with_params("predictions", {})
+
+
+def test_interval_pairs_nest_outwards():
+    assert interval_pairs(["0.8", "0.9"]) == [("prediction", "lower_80"), ("upper_80", "prediction"),
+                                              ("lower_80", "lower_90"), ("upper_90", "upper_80")]
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def _closed_port() -> int:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
-    overrides = {"ATELIER__ONLINE_STORE__SQLITE_PATH": str(tmp / "features.db"),
+    overrides = {"ATELIER__HOME": str(tmp / "home"), "ATELIER__ONLINE_STORE__SQLITE_PATH": str(tmp / "features.db"),
                  "ATELIER__API__PREDICTION_LOG_DIR": str(tmp / "log"),
                  "ATELIER__TRITON__HTTP_PORT": str(_closed_port()), "ATELIER__API__DEPLOY_ON_START": "false"}
     settings = load_settings("test", environ={**os.environ, **overrides})
@@ -94,3 +94,38 @@ def test_as_of_header_refused_where_not_allowed(env):
         r = client.post("/v1/predict", json=FLIGHT, headers={"Authorization": f"Bearer {TOKEN}",
                                                              "X-Atelier-As-Of": "2013-12-31T00:00:00Z"})
         assert r.status_code == 422 and r.json()["fields"][0]["field"] == "header.x-atelier-as-of"
+
+
+def test_intervals_follow_the_published_recalibration_and_name_it(env):
+    """The feedback loop publishes a recalibration of the served version: the API serves it within its 2 s
+    maintenance tick (here: at start), names it in every answer, and keeps the bundle's on a bad file."""
+    import json
+
+    from pipelines.models.bundle import Calibration
+    from pipelines.monitoring.recalibration import calibration_dir
+
+    settings, bundle = env
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-Atelier-As-Of": "2013-12-31T00:00:00Z"}
+    folder = calibration_dir(settings, "flights_eta", "flights_eta", "1")
+    with _client(env) as client:
+        first = client.post("/v1/predict", json=FLIGHT, headers=headers).json()
+    assert first["calibration"] == "flights_eta:1/bundle"
+    wide = Calibration(bundle.calibration.levels, {"0.8": (-50.0, 60.0), "0.9": (-70.0, 80.0)}, None, {}, 500,
+                       "adaptive_conformal")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "current.json").write_text(json.dumps({"id": "flights_eta:1/cal-20131231T0000Z-abcd1234",
+                                                     "calibration": wide.to_dict()}))
+    try:
+        with _client(env) as client:
+            a = client.post("/v1/predict", json=FLIGHT, headers=headers).json()
+        assert a["calibration"] == "flights_eta:1/cal-20131231T0000Z-abcd1234"
+        value = a["prediction"]["arr_delay"]
+        assert a["interval"]["0.8"]["arr_delay"] == [round(value - 50.0, 2), round(value + 60.0, 2)]
+        # A recalibration that does not fit the model (other levels) is refused; the bundle's stays.
+        other = Calibration((0.5,), {"0.5": (-1.0, 1.0)}, None, {}, 500)
+        (folder / "current.json").write_text(json.dumps({"id": "flights_eta:1/cal-x", "calibration": other.to_dict()}))
+        with _client(env) as client:
+            assert client.post("/v1/predict", json=FLIGHT, headers=headers).json()["calibration"] == \
+                "flights_eta:1/bundle"
+    finally:
+        (folder / "current.json").unlink()
