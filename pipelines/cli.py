@@ -12,6 +12,8 @@
     atelier [--profile P] models history MODEL VERSION       the version's audited lifecycle moves
     atelier [--profile P] models move MODEL VERSION STAGE --why TEXT   a manual (audited) lifecycle move
     atelier [--profile P] models retrain [--usecase U] [--why TEXT] [--params JSON]   a retrain request (Asset)
+    atelier [--profile P] replay --usecase U --from D --to D [--rate N] [--label-delay 2h]   real traffic -> API
+    atelier [--profile P] monitor metrics [--usecase U] [--from D] [--to D] [--segment S]   online metrics
     atelier [--profile P] demo                        the main job on embedded defaults
 """
 
@@ -227,12 +229,63 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     from serving.demo import run_demo_requests
 
     print(run_demo_requests(settings))
-    print("8. where things are")
+    print("8. the feedback loop: the week replayed through the API on its simulated clock (features written as "
+          "they became known, outcomes 2 h after landing), then monitoring_feedback through Airflow")
+    _demo_feedback(settings, usecase)
+    print("9. where things are")
     supervisor = Supervisor(settings.run_dir)
     for service in managed_services(settings):
         status = supervisor.status(service.build_spec(settings))
         print(f"  {status.name:<10} {status.state:<9} {status.detail}")
     print(f"done in {time.monotonic() - started:.0f} s. Services keep running; stop them with `make down`.")
+
+
+def _demo_feedback(settings: Settings, usecase) -> None:
+    from datetime import date
+
+    import httpx
+
+    from pipelines.monitoring.replay import replay
+    from pipelines.monitoring.report import metrics_frame, metrics_text
+    from pipelines.spark import get_spark
+    from serving.demo import api_spec
+
+    spec = api_spec(settings)
+    supervisor = Supervisor(settings.run_dir)
+    try:
+        spec.health()
+        started_here = False
+    except OSError:
+        started_here = True
+        supervisor.up(spec)
+    first, end = (date.fromisoformat(d) for d in DEMO_FEATURE_WINDOW)
+    try:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{_api_base(settings)}/readyz", timeout=5).status_code != 200:
+            if time.monotonic() > deadline:
+                raise CliError("the prediction API is not ready: see .atelier/run/api.log")
+            time.sleep(1)
+        spark = get_spark(settings, "atelier-demo-replay")
+        try:
+            result = replay(settings, spark, usecase.name, first, end, api_url=_api_base(settings),
+                            token=os.environ.get("ATELIER_API_TOKEN") or None, progress=_print_replay_day)
+        finally:
+            spark.stop()
+    finally:
+        if started_here:
+            supervisor.down(spec)
+    print(f"  replayed {result.requests:,} requests in {result.wall_s:.0f} s "
+          f"({result.requests / max(result.wall_s, 1e-9):.0f}/s including the feature writes): "
+          f"{result.answered:,} answered, {result.failed:,} failed")
+    trigger_and_wait(settings, "monitoring_feedback", {"usecase": usecase.name, "start": DEMO_FEATURE_WINDOW[0],
+                                                       "end": DEMO_FEATURE_WINDOW[1]})
+    frame = metrics_frame(settings, usecase.name, start=DEMO_FEATURE_WINDOW[0])
+    print("  online metrics per day (atelier monitor metrics; the last day's late labels are still pending):")
+    print("\n".join("    " + line for line in metrics_text(frame).splitlines()))
+    last = sorted(frame.prediction_day.unique())[-2]
+    print(f"  per origin on {last}:")
+    print("\n".join("    " + line for line in metrics_text(frame[frame.prediction_day == last],
+                                                           segment="origin").splitlines()))
 
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
@@ -324,6 +377,70 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from None
 
 
+def _api_base(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host  # noqa: S104
+    return f"http://{host}:{settings.api.port}"
+
+
+def _day(text: str, what: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{what}: '{text}' is not an ISO date such as 2013-12-24") from None
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> None:
+    from datetime import timedelta
+
+    from pipelines.featurestore.spec import parse_duration
+    from pipelines.monitoring.replay import ReplayError, replay
+    from pipelines.spark import get_spark
+
+    usecase = args.usecase or _default_usecase(settings)
+    start, last = _day(args.from_, "--from"), _day(args.to, "--to")
+    if last < start:
+        raise CliError(f"--to {last} is before --from {start}")
+    try:
+        delay = parse_duration(args.label_delay) if args.label_delay else None
+    except ValueError as exc:
+        raise CliError(f"--label-delay: {exc}") from None
+    if args.rate is not None and args.rate <= 0:
+        raise CliError("--rate must be a positive number of requests per second")
+    token = os.environ.get("ATELIER_API_TOKEN") or None
+    spark = get_spark(settings, f"atelier-replay-{usecase}")
+    try:
+        result = replay(settings, spark, usecase, start, last + timedelta(days=1), api_url=args.api or _api_base(settings),
+                        token=token, rate=args.rate, label_delay=delay, concurrency=args.concurrency,
+                        reset=not args.no_reset, drain=not args.no_drain, progress=_print_replay_day)
+    except ReplayError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        spark.stop()
+    print(f"replayed {result.requests:,} requests over {len(result.days)} day(s) in {result.wall_s:.0f} s "
+          f"({result.requests / max(result.wall_s, 1e-9):.0f}/s): {result.answered:,} answered, {result.failed:,} failed; "
+          f"outcomes in {result.outcome_log} ({result.outcomes_pending} still pending)")
+
+
+def _print_replay_day(day) -> None:
+    print(f"  {day.day}: {day.requests:>5,} requests ({day.answered:,} answered, {day.failed:,} failed), "
+          f"{day.feature_rows:>5,} feature rows written, {day.outcomes_released:>5,} outcomes released, "
+          f"{day.wall_s:.1f} s", flush=True)
+
+
+def cmd_monitor(settings: Settings, args: argparse.Namespace) -> None:
+    from pipelines.lake.tables import TableNotFound
+    from pipelines.monitoring.report import metrics_frame, metrics_text
+
+    usecase = args.usecase or _default_usecase(settings)
+    try:
+        frame = metrics_frame(settings, usecase, start=args.from_, end=args.to, source=args.source)
+    except TableNotFound as exc:
+        raise CliError(str(exc)) from None
+    print(metrics_text(frame, segment=args.segment, version=args.version))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description="Atelier ML platform")
     parser.add_argument("--profile", help="settings profile: local (default), test, cluster, ... "
@@ -370,6 +487,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--why")
     p.add_argument("--params", help="retrain: model_train params as JSON, e.g. '{\"start\": \"2013-06-01\"}'")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("replay", help="drive real historical traffic through the running prediction API")
+    p.add_argument("--usecase")
+    p.add_argument("--from", dest="from_", required=True, help="first simulated day (ISO date)")
+    p.add_argument("--to", required=True, help="last simulated day, inclusive (ISO date)")
+    p.add_argument("--rate", type=float, help="at most this many requests per second (default: as fast as answered)")
+    p.add_argument("--label-delay", help="outcomes arrive this long after they happen (default: feedback.yaml)")
+    p.add_argument("--api", help="the API's URL (default: settings.api, loopback)")
+    p.add_argument("--concurrency", type=int, default=4, choices=range(1, 65), metavar="N")
+    p.add_argument("--no-reset", action="store_true", help="keep the online store's rows (only if none is "
+                   "later than --from)")
+    p.add_argument("--no-drain", action="store_true", help="stop releasing outcomes at the end of --to")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("monitor", help="what the feedback loop measured")
+    p.add_argument("action", choices=["metrics"])
+    p.add_argument("--usecase")
+    p.add_argument("--from", dest="from_", help="first day (ISO date)")
+    p.add_argument("--to", help="last day, inclusive (ISO date)")
+    p.add_argument("--segment", default="all", help="a segment of feedback.yaml (default: all)")
+    p.add_argument("--source", default="online", choices=["online", "batch"])
+    p.add_argument("--version", help="only this model version")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("config", help="print the effective settings")
     p.set_defaults(func=cmd_config)

@@ -8,6 +8,7 @@ when that file exists (e.g. a plausible label range).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +25,10 @@ if TYPE_CHECKING:
     from pipelines.config import Settings
     from pipelines.quality.expectations import ValidationReport
 
-__all__ = ["EmptyTrainingWindow", "build_training_set", "read_training_set", "split_by_time",
+__all__ = ["EmptyTrainingWindow", "build_training_set", "feedback_lineage", "read_training_set", "split_by_time",
            "training_set_name", "training_set_suite"]
+
+FEEDBACK_LINEAGE = "_feedback.json"
 
 
 class EmptyTrainingWindow(ValueError):
@@ -67,8 +70,15 @@ def build_training_set(spark: SparkSession, settings: Settings, features: Featur
     lake = Lake(settings.lake_root)
     name = training_set_name(features.usecase)
     path = lake.staging_path(name, run_id)
-    frame = offline.training_set(spark, lake, features, start, end, extra_columns=spec.extra_columns)
+    labels, feedback = None, None
+    if spec.data.include_feedback:
+        from pipelines.monitoring.feedback import feedback_labels
+
+        labels, feedback = feedback_labels(spark, lake, features, start, end)
+    frame = offline.training_set(spark, lake, features, start, end, labels=labels, extra_columns=spec.extra_columns)
     frame.write.mode("overwrite").parquet(str(path))
+    if feedback is not None:  # the lineage of the served rows learnt from, kept with the version
+        (path / FEEDBACK_LINEAGE).write_text(json.dumps(feedback, indent=1, sort_keys=True))
     staged = spark.read.parquet(str(path))
     rows = staged.count()
     if rows == 0:
@@ -83,6 +93,12 @@ def build_training_set(spark: SparkSession, settings: Settings, features: Featur
         raise ValidationFailed(report)
     lake.write_manifest(path, rows=rows, columns=frame.columns, partition_by=[], run_id=run_id)
     return lake.publish(name, run_id), rows, report
+
+
+def feedback_lineage(settings: Settings, usecase: str, version: str) -> dict[str, Any] | None:
+    """What a training set version learnt from the feedback loop (tables, their versions, days, rows)."""
+    path = Path(settings.lake_root) / training_set_name(usecase) / "versions" / version / FEEDBACK_LINEAGE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def read_training_set(settings: Settings, usecase: str, run_id: str) -> tuple[pd.DataFrame, str]:

@@ -180,6 +180,11 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
                        "window": spec.window.model_dump(mode="json"), "rows": {
                            "train": len(train), "validation": len(valid), "holdout": len(holdout)},
                        "gx": gx_summary.splitlines()[0] if gx_summary else "", "algorithm": spec.algorithm, "trained_at": datetime.now(UTC).isoformat()}
+            from pipelines.training.dataset import feedback_lineage
+
+            learnt = feedback_lineage(settings, usecase.name, training_set_version)
+            if learnt is not None:
+                lineage["feedback"] = learnt
             defaults = {f.name: f.default for v in features.batch_views for f in v.features}
             bundle = ModelBundle(usecase.name, spec.name, label.column, list(names), defaults, calibration, ranges,
                                  fallback, feature_spec_hash(spec_text), lineage, offset_feature=spec.offset_feature)
@@ -209,7 +214,8 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
                                "validation_start": spec.window.validation_start.date().isoformat(),
                                "holdout_start": spec.window.holdout_start.date().isoformat(),
                                "training_set_version": training_set_version,
-                               "feature_spec_hash": bundle.feature_spec_hash, "search_trials": spec.search.trials})
+                               "feature_spec_hash": bundle.feature_spec_hash, "search_trials": spec.search.trials,
+                               "feedback_rows": (learnt or {}).get("rows", 0)})
             mlflow.log_metrics(metrics)
             mlflow.log_artifacts(str(bundle_dir), BUNDLE_ARTIFACT_PATH)
             mlflow.log_artifact(str(usecase.path / "features.yaml"), "atelier/spec")

@@ -61,6 +61,8 @@ class DataSpec(_Spec):
     validation_days: int = Field(30, ge=1, description="days before the holdout: early stopping, calibration")
     holdout_days: int = Field(31, ge=1, description="the window's last days: final evaluation only")
     min_rows: int = Field(1000, ge=1)
+    include_feedback: bool = Field(False, description="also learn from the labelled served predictions of the "
+                                   "window (the feedback loop's outcomes, with point-in-time features)")
 
 
 class SearchSpec(_Spec):
