@@ -27,14 +27,13 @@ from airflow.sdk import DAG, Param
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from plugins.assets import predictions
+from plugins.intervals import INTERVAL_ARGS, interval_params
 from plugins.operators.spark_job import AtelierSparkJobOperator
 from plugins.usecases import feature_sets
 
 USECASES = [name for name, fs in feature_sets().items() if fs.label is not None]
 ARGS = [
-    "--usecase", "{{ params.usecase }}", "--run-id", "{{ run_id }}",
-    "--start", "{{ params.start or (data_interval_start.isoformat() if data_interval_start else '') }}",
-    "--end", "{{ params.end or (data_interval_end.isoformat() if data_interval_end else '') }}",
+    *INTERVAL_ARGS,
     "{{ '--model-version' if params.model_version else '--alias' }}",
     "{{ params.model_version or params.alias or 'champion' }}",
 ]
@@ -51,14 +50,11 @@ with DAG(
     max_active_runs=2,
     tags=["atelier", "batch", "predictions"],
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30), "owner": "atelier"},
-    params={
-        "usecase": Param(USECASES[0] if USECASES else "", enum=USECASES or [""]),
-        "start": Param(None, type=["null", "string"], description="backfill start (ISO date, UTC)"),
-        "end": Param(None, type=["null", "string"], description="backfill end, exclusive (ISO date, UTC)"),
-        "alias": Param("champion", type="string", description="registered model alias to score with"),
-        "model_version": Param(None, type=["null", "string"],
-                               description="a pinned model version (overrides the alias)"),
-    },
+    params=interval_params(
+        USECASES,
+        alias=Param("champion", type="string", description="registered model alias to score with"),
+        model_version=Param(None, type=["null", "string"], description="a pinned model version (overrides the alias)"),
+    ),
 ) as dag:
     AtelierSparkJobOperator(
         task_id="score", job="batch_predict", job_args=ARGS,

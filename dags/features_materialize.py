@@ -18,20 +18,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from plugins.assets import feature_view
+from plugins.intervals import INTERVAL_ARGS, interval_params
 from plugins.operators.spark_job import AtelierSparkJobOperator
 from plugins.usecases import feature_sets
 
 SETS = feature_sets()
 USECASES = list(SETS)
-INTERVAL = [
-    "--usecase", "{{ params.usecase }}", "--run-id", "{{ run_id }}",
-    "--start", "{{ params.start or (data_interval_start.isoformat() if data_interval_start else '') }}",
-    "--end", "{{ params.end or (data_interval_end.isoformat() if data_interval_end else '') }}",
-]
 
 with DAG(
     dag_id="features_materialize",
@@ -44,16 +40,12 @@ with DAG(
     max_active_runs=1,
     tags=["atelier", "features", "online-store"],
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "atelier"},
-    params={
-        "usecase": Param(USECASES[0] if USECASES else "", enum=USECASES or [""]),
-        "start": Param(None, type=["null", "string"], description="backfill start (ISO date, UTC)"),
-        "end": Param(None, type=["null", "string"], description="backfill end, exclusive (ISO date, UTC)"),
-    },
+    params=interval_params(USECASES),
 ) as dag:
     materialize = AtelierSparkJobOperator(
-        task_id="materialize", job="features", job_args=["materialize", *INTERVAL],
+        task_id="materialize", job="features", job_args=["materialize", *INTERVAL_ARGS],
         outlets=[feature_view(u, v.name) for u, fs in SETS.items() for v in fs.batch_views],
     )
-    skew_check = AtelierSparkJobOperator(task_id="skew_check", job="features", job_args=["skew", *INTERVAL],
+    skew_check = AtelierSparkJobOperator(task_id="skew_check", job="features", job_args=["skew", *INTERVAL_ARGS],
                                          retries=0)
     materialize >> skew_check

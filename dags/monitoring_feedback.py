@@ -29,19 +29,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from plugins.assets import feedback
+from plugins.intervals import INTERVAL_ARGS, interval_params
 from plugins.operators.spark_job import AtelierSparkJobOperator
 from plugins.usecases import usecases
 
 USECASES = [name for name, u in usecases().items() if "feedback" in u.extra]
-INTERVAL = [
-    "--usecase", "{{ params.usecase }}", "--run-id", "{{ run_id }}",
-    "--start", "{{ params.start or (data_interval_start.isoformat() if data_interval_start else '') }}",
-    "--end", "{{ params.end or (data_interval_end.isoformat() if data_interval_end else '') }}",
-]
 
 with DAG(
     dag_id="monitoring_feedback",
@@ -53,16 +49,12 @@ with DAG(
     max_active_runs=1,
     tags=["atelier", "monitoring", "feedback"],
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "atelier"},
-    params={
-        "usecase": Param(USECASES[0] if USECASES else "", enum=USECASES or [""]),
-        "start": Param(None, type=["null", "string"], description="backfill start (ISO date, UTC)"),
-        "end": Param(None, type=["null", "string"], description="backfill end, exclusive (ISO date, UTC)"),
-    },
+    params=interval_params(USECASES),
 ) as dag:
     joined = AtelierSparkJobOperator(
-        task_id="feedback", job="feedback", job_args=["run", *INTERVAL],
+        task_id="feedback", job="feedback", job_args=["run", *INTERVAL_ARGS],
         outlets=[feedback(u) for u in USECASES],
     )
     served_skew = AtelierSparkJobOperator(task_id="served_skew", job="feedback",
-                                          job_args=["served-skew", *INTERVAL], retries=0)
+                                          job_args=["served-skew", *INTERVAL_ARGS], retries=0)
     joined >> served_skew

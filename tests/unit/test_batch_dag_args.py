@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,9 +12,14 @@ DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "batch_predict.py"
 
 
 def job_args() -> list[str]:
-    tree = ast.parse(DAG_FILE.read_text())
-    node = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ARGS")
-    return ast.literal_eval(node.value)
+    """The DAG file's ``ARGS``, as the DAG processor builds them (the interval part is shared, plugins/intervals.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("batch_predict_dag", DAG_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ARGS
 
 
 def render(params: dict, start: datetime | None = None, end: datetime | None = None) -> list[str]:
