@@ -32,6 +32,12 @@ def test_config_prints_effective_settings():
     (["services", "status", "nosuchservice"], {}, "unknown service 'nosuchservice'"),
     (["lake", "show", "--usecase", "nosuchusecase"], {}, "unknown use case 'nosuchusecase' (known: flights_eta)"),
     (["dags", "trigger", "lake_ingest", "--conf", "{not json"], {}, "--conf is not valid JSON"),
+    (["replay", "--from", "2013-12-24", "--to", "2013-12-20"], {}, "--to 2013-12-20 is before --from 2013-12-24"),
+    (["replay", "--from", "yesterday", "--to", "2013-12-20"], {}, "--from: 'yesterday' is not an ISO date"),
+    (["replay", "--from", "2013-12-24", "--to", "2013-12-25", "--label-delay", "soon"], {},
+     "--label-delay: 'soon' is not a duration"),
+    (["replay", "--from", "2013-12-24", "--to", "2013-12-25", "--rate", "0"], {}, "--rate must be a positive"),
+    (["monitor", "metrics"], {"ATELIER__LAKE__ROOT": "/nonexistent-lake"}, "no online metrics for use case"),
 ])
 def test_user_mistakes_are_clear_errors(args, env, message):
     out = atelier(*args, env_extra=env)
