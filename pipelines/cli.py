@@ -274,9 +274,10 @@ def _demo_feedback(settings: Settings, usecase) -> None:
     finally:
         if started_here:
             supervisor.down(spec)
-    print(f"  replayed {result.requests:,} requests in {result.wall_s:.0f} s "
-          f"({result.requests / max(result.wall_s, 1e-9):.0f}/s including the feature writes): "
-          f"{result.answered:,} answered, {result.failed:,} failed")
+    loop_s = sum(d.wall_s for d in result.days)
+    print(f"  replayed {result.requests:,} requests in {result.wall_s:.0f} s, {loop_s:.0f} s of them sending "
+          f"requests and writing features ({result.requests / max(loop_s, 1e-9):.0f} requests/s), the rest "
+          f"Spark computing the features: {result.answered:,} answered, {result.failed:,} failed")
     trigger_and_wait(settings, "monitoring_feedback", {"usecase": usecase.name, "start": DEMO_FEATURE_WINDOW[0],
                                                        "end": DEMO_FEATURE_WINDOW[1]})
     frame = metrics_frame(settings, usecase.name, start=DEMO_FEATURE_WINDOW[0])
@@ -286,6 +287,18 @@ def _demo_feedback(settings: Settings, usecase) -> None:
     print(f"  per origin on {last}:")
     print("\n".join("    " + line for line in metrics_text(frame[frame.prediction_day == last],
                                                            segment="origin").splitlines()))
+    skew = sorted((settings.home_path / "reports" / usecase.name / "served_skew").glob("*.txt"),
+                  key=lambda p: p.stat().st_mtime)
+    if skew:
+        print(f"  served-feature skew: {skew[-1].read_text().splitlines()[0][:160]}")
+    from pipelines.monitoring.recalibration import calibration_dir, load_current
+
+    for version in sorted(frame.model_version.astype(str).unique()):
+        name = str(frame[frame.model_version.astype(str) == version].model_name.iloc[0])
+        current = load_current(calibration_dir(settings, usecase.name, name, version))
+        if current is not None:
+            print(f"  intervals of {name} v{version} recalibrated from the outcomes: {current[0]} (the API serves it "
+                  "and names it in every answer)")
 
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
