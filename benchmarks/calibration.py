@@ -228,28 +228,23 @@ def main() -> None:
     results: dict[str, Any] = {}
     import pandas as pd
 
+    def evaluate(key: str, title: str, described: str, spec: Any, model: Any, base: Any, rows: Any) -> None:
+        static, adaptive = static_and_adaptive(stream_of(rows, model.booster, spec, features), base, defaults)
+        _, no_feedback = static_and_adaptive(stream_of(rows, model.booster, spec, features), base,
+                                             defaults.model_copy(update={"gamma": 0.0}))
+        results[key] = {"model": described, "trees": model.best_iteration + 1, "static": static,
+                        "adaptive": adaptive, "meets_target": meets(adaptive)[0],
+                        "static_meets_target": meets(static)[0], "rolling_window_gamma_0": no_feedback,
+                        "rolling_window_meets": meets(no_feedback)[0]}
+        table(title, static, adaptive)
+
     sched = pd.to_datetime(frame["sched_dep_ts"], utc=True)
     june_july = frame[(sched >= JUNE_JULY[0]) & (sched < JUNE_JULY[1])]
-    static, adaptive = static_and_adaptive(stream_of(june_july, model_b.booster, spec_b, features), base_b,
-                                           defaults)
-    _, no_feedback = static_and_adaptive(stream_of(june_july, model_b.booster, spec_b, features), base_b,
-                                         defaults.model_copy(update={"gamma": 0.0}))
-    results["june_july"] = {"model": "train 2013-01-01..03-10, validation 03-11..03-31",
-                            "trees": model_b.best_iteration + 1, "static": static, "adaptive": adaptive,
-                            "meets_target": meets(adaptive)[0], "static_meets_target": meets(static)[0],
-                            "rolling_window_gamma_0": no_feedback, "rolling_window_meets": meets(no_feedback)[0]}
-    table("June-July 2013, model of January-March", static, adaptive)
-
+    evaluate("june_july", "June-July 2013, model of January-March", "train 2013-01-01..03-10, validation 03-11..03-31",
+             spec_b, model_b, base_b, june_july)
     spec_a, model_a, base_a, december = train(usecase, features, frame, {**DECEMBER, **hyper})
-    static, adaptive = static_and_adaptive(stream_of(december, model_a.booster, spec_a, features), base_a,
-                                           defaults)
-    _, no_feedback = static_and_adaptive(stream_of(december, model_a.booster, spec_a, features), base_a,
-                                         defaults.model_copy(update={"gamma": 0.0}))
-    results["december"] = {"model": "model.yaml split (train ..10-14, validation 10-15..11-30)",
-                           "trees": model_a.best_iteration + 1, "static": static, "adaptive": adaptive,
-                           "meets_target": meets(adaptive)[0], "static_meets_target": meets(static)[0],
-                           "rolling_window_gamma_0": no_feedback, "rolling_window_meets": meets(no_feedback)[0]}
-    table("December 2013 holdout, model of model.yaml", static, adaptive)
+    evaluate("december", "December 2013 holdout, model of model.yaml",
+             "model.yaml split (train ..10-14, validation 10-15..11-30)", spec_a, model_a, base_a, december)
 
     figures.update(results)
     figures["target_met"] = all(r["meets_target"] for r in results.values())

@@ -62,6 +62,8 @@ def replayed(settings, spark, usecase, published_lake, offline_feature_tables, s
         yield result, server, replay_settings, ref
     finally:
         server.stop()
+        # The version's recalibration is this module's output: later modules serve the bundle's intervals.
+        shutil.rmtree(calibration_dir(settings, "flights_eta", ref.name, ref.version), ignore_errors=True)
 
 
 def _log_records(settings, first: date, last: date) -> list[dict]:

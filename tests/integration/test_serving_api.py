@@ -95,7 +95,16 @@ def test_answers_are_the_models_own_numbers_on_the_online_features(api, real_fli
     used = record["features_used"]
     row = np.array([[math.nan if used[f] is None else used[f] for f in bundle.feature_names]], dtype=np.float32)
     assert a["prediction"]["arr_delay"] == pytest.approx(float(bundle.predict(row)[0]), abs=0.011)
-    lo, hi = bundle.intervals(bundle.predict(row), row)["0.9"]
+    # The intervals are exactly those of the calibration the answer names (the bundle's, or a recalibration
+    # the feedback loop published for this version).
+    calibration = None
+    if a["calibration"] != f"{a['model']['name']}:{a['model']['version']}/bundle":
+        from pipelines.monitoring.recalibration import calibration_dir, load_current
+
+        calibration_id, calibration = load_current(calibration_dir(load_settings("test"), "flights_eta",
+                                                                    a["model"]["name"], a["model"]["version"]))
+        assert calibration_id == a["calibration"]
+    lo, hi = bundle.intervals(bundle.predict(row), row, calibration)["0.9"]
     assert a["interval"]["0.9"]["arr_delay"] == pytest.approx([float(lo[0]), float(hi[0])], abs=0.011)
 
     view = serving_features.views["aircraft_history"]
