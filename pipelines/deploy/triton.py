@@ -24,8 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.serving_models import TensorSpec, python_model_config, write_python_model
-from pipelines.serving_models.repository import _atomic_write, _check_name
+from pipelines.deploy.repository import (
+    TensorSpec,
+    _atomic_write,
+    _check_name,
+    python_model_config,
+    write_python_model,
+)
 
 if TYPE_CHECKING:
     from pipelines.config import Settings

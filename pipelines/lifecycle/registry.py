@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.lifecycle.rules import Decision, ModelFacts, Rule, RuleError, check_transition, evaluate
-from pipelines.models.registry import STAGE_TAG, ModelNotFound, RegistryUnavailable, client
+from pipelines.models.registry import STAGE_TAG, client, mlflow_errors
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -63,15 +63,8 @@ def promotion_lock(settings: Settings, model_name: str, timeout_s: float = 120.0
 
 
 def _mlflow(settings: Settings, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
+    with mlflow_errors(settings):
         return fn(*args, **kwargs)
-    except MlflowException as exc:
-        if "RESOURCE_DOES_NOT_EXIST" in str(exc):
-            raise ModelNotFound(str(exc).splitlines()[0].removeprefix("RESOURCE_DOES_NOT_EXIST: ")) from None
-        raise RegistryUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: {str(exc).splitlines()[0][:300]}") \
-            from None
 
 
 def audit_trail(tags: dict[str, str]) -> list[dict[str, Any]]:

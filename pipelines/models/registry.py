@@ -1,5 +1,9 @@
 """MLflow as the model repository: find a registered version (by alias or number) and load its bundle.
 
+All of Atelier's MLflow access goes through this module's :func:`client` and translates MLflow's exceptions
+in one place (:func:`mlflow_errors`): a missing model, version or alias is :class:`ModelNotFound`, anything
+else (server down, refused, failing) is :class:`RegistryUnavailable` naming the tracking URI.
+
 A use case's models are registered under one name (the model spec's ``name``, by default the use case's
 name). Each version's run holds the bundle under the artifact path ``atelier/bundle``; a version is
 immutable, so a downloaded bundle is cached under ``<home>/models/<name>/<version>`` and reused.
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +29,7 @@ if TYPE_CHECKING:
     from pipelines.config import Settings
 
 __all__ = ["BUNDLE_ARTIFACT_PATH", "ModelNotFound", "RegistryUnavailable", "VersionRef", "client",
-           "load_bundle", "resolve_version"]
+           "load_bundle", "mlflow_errors", "registry_error", "resolve_version"]
 
 BUNDLE_ARTIFACT_PATH = "atelier/bundle"
 STAGE_TAG = "atelier.stage"
@@ -59,9 +65,36 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.mlflow.tracking_uri, registry_uri=settings.mlflow.tracking_uri)
 
 
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def registry_error(settings: Settings | str, exc: Exception) -> ModelNotFound | RegistryUnavailable:
+    """Atelier's exception for an MLflow one: not found -> ModelNotFound, anything else -> RegistryUnavailable.
+    ``settings``: the settings, or the tracking URI of the client that failed."""
+    uri = settings if isinstance(settings, str) else settings.mlflow.tracking_uri
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    code = getattr(exc, "error_code", "") or ""
+    if code in NOT_FOUND_CODES or first.startswith(NOT_FOUND_CODES):
+        return ModelNotFound(first.removeprefix("RESOURCE_DOES_NOT_EXIST: ")[:300])
+    return RegistryUnavailable(f"MLflow at {uri} is unreachable or failing: {type(exc).__name__}: {first[:300]}")
+
+
+@contextmanager
+def mlflow_errors(settings: Settings | str) -> Iterator[None]:
+    """Run MLflow calls with their exceptions translated by :func:`registry_error`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise registry_error(settings, exc) from None
+
+
 def _unavailable(settings: Settings, exc: Exception) -> RegistryUnavailable:
-    return RegistryUnavailable(f"MLflow at {settings.mlflow.tracking_uri} is unreachable or failing: "
-                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    err = registry_error(settings, exc)
+    if isinstance(err, RegistryUnavailable):
+        return err
+    return RegistryUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: {err}")
 
 
 def _ref(mv: Any) -> VersionRef:

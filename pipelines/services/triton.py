@@ -63,8 +63,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import REPO_ROOT, Settings
+from pipelines.deploy.health import HEALTH_MODEL_NAME, write_health_model
 from pipelines.services.base import NotReady, ServiceError, ServiceSpec, tail
-from pipelines.serving_models import HEALTH_MODEL_NAME, write_health_model
 
 NAME = "triton"
 SYSTEM_PYTHON = Path("/usr/bin/python3")

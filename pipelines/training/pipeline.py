@@ -22,7 +22,14 @@ import numpy as np
 from pipelines.featurestore.spec import FeatureSet
 from pipelines.lake.tables import safe_name
 from pipelines.models.bundle import Calibration, LinearFallback, ModelBundle, feature_spec_hash
-from pipelines.models.registry import BUNDLE_ARTIFACT_PATH, STAGE_TAG, RegistryUnavailable, client
+from pipelines.models.registry import (
+    BUNDLE_ARTIFACT_PATH,
+    STAGE_TAG,
+    RegistryUnavailable,
+    client,
+    mlflow_errors,
+    registry_error,
+)
 from pipelines.training.dataset import split_by_time
 from pipelines.training.evaluate import coverage, error_metrics, segment_metrics
 from pipelines.training.spec import ModelSpec
@@ -71,7 +78,7 @@ def find_registered(c: Any, model_name: str, run_id: str) -> Any | None:
     try:
         found = c.search_model_versions(f"name = '{model_name}' and tag.`{RUN_ID_TAG}` = '{run_id}'")
     except MlflowException as exc:
-        raise RegistryUnavailable(f"MLflow at {c.tracking_uri}: {str(exc).splitlines()[0][:300]}") from None
+        raise registry_error(c.tracking_uri, exc) from None
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
@@ -97,12 +104,10 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
     timings: dict[str, float] = {}
     started = time.perf_counter()
     c = client(settings)
-    try:
+    with mlflow_errors(settings):
         existing = find_registered(c, spec.name, run_id)
         mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
         experiment = mlflow.set_experiment(experiment_name(usecase.name))
-    except MlflowException as exc:
-        raise RegistryUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: {str(exc).splitlines()[0]}") from None
     if existing is not None:
         return _reused(settings, c, usecase, run_id, existing)
 
@@ -246,8 +251,7 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
         except MlflowException as exc:
             mlflow.set_tag("atelier.failure", str(exc).splitlines()[0][:500])
             mlflow.end_run("FAILED")
-            raise RegistryUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: "
-                                      f"{str(exc).splitlines()[0][:300]}") from None
+            raise registry_error(settings, exc) from None
         except BaseException:
             mlflow.end_run("FAILED")
             raise

@@ -16,14 +16,9 @@ import numpy as np
 import pytest
 
 from pipelines.config import load_settings
+from pipelines.deploy.health import HEALTH_MODEL_NAME
+from pipelines.deploy.repository import TensorSpec, model_versions, python_model_config, write_python_model
 from pipelines.services import ServiceError, Supervisor, triton
-from pipelines.serving_models import (
-    HEALTH_MODEL_NAME,
-    TensorSpec,
-    model_versions,
-    python_model_config,
-    write_python_model,
-)
 
 pytestmark = pytest.mark.integration
 

@@ -1092,7 +1092,7 @@ def test_shared_volumes_connect_writers_and_readers():
 
 
 def test_triton_runs_atelier_python_backend_models():
-    """pipelines/serving_models writes python-backend models (numpy, xgboost) and loads them through the
+    """pipelines/deploy writes python-backend models (numpy, xgboost) and loads them through the
     repository API, which Triton only accepts with explicit model control."""
     serving = parse_dockerfile(DOCKER / "serving" / "Dockerfile")
     stage = serving.stage("triton")

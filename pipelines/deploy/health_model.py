@@ -1,6 +1,6 @@
 """Triton python-backend model ``atelier_health``: OUTPUT0 = INPUT0 + 1, plus a RUNTIME report.
 
-This file is copied as ``model.py`` into the model repository by :func:`pipelines.serving_models.write_health_model`
+This file is copied as ``model.py`` into the model repository by :func:`pipelines.deploy.health.write_health_model`
 and only ever imported by Triton's python backend stub (``triton_python_backend_utils`` exists only there). It must
 keep to the standard library and numpy, which the serving venv provides.
 

@@ -1,8 +1,8 @@
-"""Build Triton model repositories: generic python-backend model writing plus Atelier's ``atelier_health`` model.
+"""Atelier's ``atelier_health`` Triton model (the server's readiness probe), written at every Triton start.
 
-Adding a model (from the platform venv; the server runs with explicit model control)::
+Adding another python-backend model (from the platform venv; the server runs with explicit model control)::
 
-    from pipelines.serving_models import TensorSpec, python_model_config, write_python_model
+    from pipelines.deploy.repository import TensorSpec, python_model_config, write_python_model
 
     config = python_model_config("flights_delay", inputs=[TensorSpec("FEATURES", "FP32", [-1, 12])],
                                  outputs=[TensorSpec("PROBABILITY", "FP32", [-1])])
@@ -17,26 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.serving_models.repository import (
-    ModelRepositoryError,
-    TensorSpec,
-    model_versions,
-    python_model_config,
-    remove_model_version,
-    write_python_model,
-)
+from pipelines.deploy.repository import TensorSpec, python_model_config, write_python_model
 
-__all__ = [
-    "HEALTH_MODEL_NAME",
-    "ModelRepositoryError",
-    "TensorSpec",
-    "health_model_config",
-    "model_versions",
-    "python_model_config",
-    "remove_model_version",
-    "write_health_model",
-    "write_python_model",
-]
+__all__ = ["HEALTH_MODEL_NAME", "health_model_config", "write_health_model"]
 
 HEALTH_MODEL_NAME = "atelier_health"
 HEALTH_MODEL_VERSION = 1
