@@ -14,6 +14,8 @@
     atelier [--profile P] models retrain [--usecase U] [--why TEXT] [--params JSON]   a retrain request (Asset)
     atelier [--profile P] replay --usecase U --from D --to D [--rate N] [--label-delay 2h]   real traffic -> API
     atelier [--profile P] monitor metrics [--usecase U] [--from D] [--to D] [--segment S]   online metrics
+    atelier [--profile P] deploy start --version N [--strategy canary|shadow|ab|direct] [--set K=V]   a rollout
+    atelier [--profile P] deploy status|history|rollback [--usecase U] [--reason TEXT]   routing and rollouts
     atelier [--profile P] demo                        the main job on embedded defaults
 """
 
@@ -24,6 +26,8 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from pipelines.config import ConfigError, Settings, load_settings
 from pipelines.orchestration import AirflowApiError
@@ -454,6 +458,75 @@ def cmd_monitor(settings: Settings, args: argparse.Namespace) -> None:
     print(metrics_text(frame, segment=args.segment, version=args.version))
 
 
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--set takes key=value (for example canary.bake_s=10), got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _print_rollout(r: dict[str, Any]) -> None:
+    print(f"rollout {r['rollout_id']}: {r['model']} v{r['candidate']} ({r['strategy']}) against "
+          f"{'v' + str(r['primary']) if r.get('primary') else 'nothing serving'}: {r['status']}")
+    for step in r.get("steps", []):
+        extra = ""
+        if "requests" in step:
+            extra = f" requests {step['requests']}"
+        print(f"  {step['step']:<14} {step['verdict']:<12}{extra} {step.get('reason', '')[:200]}")
+    if r.get("reason"):
+        print(f"  -> {r['reason'][:400]}")
+    if r.get("report"):
+        print(f"  report: {r['report']}")
+
+
+def cmd_deploy(settings: Settings, args: argparse.Namespace) -> None:
+    from pipelines.deploy import rollout
+    from pipelines.deploy.routing import RoutingError
+
+    usecase = args.usecase or _default_usecase(settings)
+    try:
+        if args.action == "start":
+            if not args.version:
+                raise CliError("deploy start needs --version (the registry version to deploy)")
+            result = rollout.deploy(settings, usecase, args.version, strategy=args.strategy,
+                                    overrides=_overrides(args.set), by=f"cli:{os.environ.get('USER', 'user')}",
+                                    artifact=Path(args.artifact) if args.artifact else None)
+            _print_rollout(result.to_dict())
+            if result.status in ("refused", "rolled_back"):
+                raise CliError(f"v{args.version} was {result.status.replace('_', ' ')}: {result.reason[:300]}")
+        elif args.action == "status":
+            state = rollout.status(settings, usecase)
+            table = state["routing"]
+            if table is None:
+                print(f"{usecase}: no routing table (nothing deployed through Atelier yet)")
+            else:
+                print(f"{usecase}: routing version {table['version']} ({table['strategy']}, {table['updated_at']}, "
+                      f"by {table['updated_by']}: {table['reason']})")
+                for route in table["routes"]:
+                    print(f"  v{route['version']:<5} {route['role']:<8} weight {route['weight']:g}"
+                          + (f" arm {route['arm']}" if route.get("arm") else ""))
+            if state["latest_rollout"]:
+                _print_rollout(state["latest_rollout"])
+        elif args.action == "history":
+            for item in rollout.history(settings, usecase, limit=args.limit):
+                print(f"{item['started_at'][:19]}  {item['rollout_id']:<40} v{item['candidate']:<5} "
+                      f"{item['strategy']:<7} {item['status']:<12} {item.get('reason', '')[:120]}")
+        else:
+            table = rollout.rollback(settings, usecase, reason=args.reason or "operator rollback",
+                                     by=f"cli:{os.environ.get('USER', 'user')}")
+            print(f"{usecase}: routing version {table.version}: v{table.primary.version} serves all traffic")
+    except (rollout.RolloutBusy, RoutingError, SpecError, RuntimeError) as exc:
+        if isinstance(exc, CliError):
+            raise
+        raise CliError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description="Atelier ML platform")
     parser.add_argument("--profile", help="settings profile: local (default), test, cluster, ... "
@@ -523,6 +596,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="online", choices=["online", "batch"])
     p.add_argument("--version", help="only this model version")
     p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("deploy", help="deploy a model version (canary, shadow, A/B, direct), see or roll back")
+    p.add_argument("action", choices=["start", "status", "history", "rollback"])
+    p.add_argument("--usecase")
+    p.add_argument("--version", help="start: the registry version to deploy")
+    p.add_argument("--strategy", choices=["canary", "shadow", "ab", "direct"],
+                   help="start: default deployment.yaml's strategy")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="start: override deployment.yaml, e.g. --set canary.bake_s=10 (repeatable)")
+    p.add_argument("--artifact", help="start: deploy this artifact ZIP instead of packaging the version")
+    p.add_argument("--reason", help="rollback: why (recorded in the audit trail)")
+    p.add_argument("--limit", type=int, default=20, help="history: how many rollouts")
+    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("config", help="print the effective settings")
     p.set_defaults(func=cmd_config)

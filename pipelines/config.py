@@ -115,9 +115,23 @@ class ApiSettings(_Section):
     allow_as_of_header: bool = Field(False, description="accept X-Atelier-As-Of (simulated clock per request)")
     prediction_log_dir: str | None = Field(None, description="default <home>/predictions")
     prediction_log_queue: int = Field(100_000, ge=1, description="answers buffered for the log writer")
-    deploy_on_start: bool = Field(True, description="export the served version to the Triton model "
-                                  "repository and load it when the API starts (local Triton)")
+    shadow_queue: int = Field(1_000, ge=1, description="requests waiting to be scored by a shadow version; "
+                              "beyond it copies are dropped (counted), never the answers")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+
+
+class DeploySettings(_Section):
+    routing_dir: str | None = Field(None, description="the routing tables every API replica follows; "
+                                    "default <home>/routing")
+    artifacts_dir: str | None = Field(None, description="packaged model artifacts (ZIP); default "
+                                      "<home>/artifacts (each is also logged to its MLflow version's run)")
+    routing_poll_s: float = Field(0.2, gt=0, le=5, description="how often an API replica checks its routing "
+                                  "tables (a change applies within about this long)")
+    drain_s: float = Field(2.0, ge=0, le=300, description="after a version leaves the routing, how long "
+                           "before it is unloaded from Triton (in-flight requests finish)")
+    webhook_url: str | None = Field(None, description="rollout alerts are POSTed here as JSON (besides the "
+                                    "log); None = log only")
+    golden_rows: int = Field(64, ge=1, le=10_000, description="holdout rows of the golden check")
 
 
 class FeedbackSettings(_Section):
@@ -140,6 +154,7 @@ class Settings(_Section):
     airflow: AirflowSettings = AirflowSettings()
     api: ApiSettings = ApiSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    deploy: DeploySettings = DeploySettings()
 
     @field_validator("profile")
     @classmethod
@@ -186,6 +201,14 @@ class Settings(_Section):
         return _resolve(self.feedback.outcome_log_dir) if self.feedback.outcome_log_dir else (
             self.home_path / "outcomes"
         )
+
+    @property
+    def routing_path(self) -> Path:
+        return _resolve(self.deploy.routing_dir) if self.deploy.routing_dir else self.home_path / "routing"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return _resolve(self.deploy.artifacts_dir) if self.deploy.artifacts_dir else self.home_path / "artifacts"
 
     @property
     def triton_model_repository(self) -> Path:

@@ -156,7 +156,7 @@ class UseCase(_Spec):
         return dict(self.sources.tables)
 
 
-LATER_STAGE_FILES = ("features", "model", "rules", "slas", "monitoring", "feedback")
+LATER_STAGE_FILES = ("features", "model", "rules", "slas", "monitoring", "feedback", "deployment")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -33,6 +33,12 @@ class ApiMetrics:
                                    registry=r)
         self.log_dropped = Counter("atelier_prediction_log_dropped_total",
                                    "Records refused because the log queue was full", registry=r)
+        self.routed = Counter("atelier_api_routed_total", "Predictions (rows) by the version and role that answered",
+                              ["usecase", "version", "role"], registry=r)
+        self.shadow = Counter("atelier_api_shadow_total", "Shadow copies by outcome (scored, dropped: queue full, "
+                              "failed)", ["usecase", "version", "outcome"], registry=r)
+        self.routing_version = Gauge("atelier_api_routing_version", "The routing table version in force",
+                                     ["usecase"], registry=r)
         self._stage_children = {(e, s): self.stage.labels(e, s) for e in ("predict", "batch") for s in STAGES}
 
     def observe(self, endpoint: str, lookup: float, transform: float, inference: float, total: float) -> None:

@@ -104,6 +104,13 @@ class ModelRef(_Doc):
     runtime: Literal["triton", "fallback"] = Field(description="triton, or the bundle's fallback predictor")
 
 
+class RoutingRef(_Doc):
+    version: int = Field(description="the routing table version that routed the request (0: no table, the "
+                                     "configured version)")
+    role: Literal["primary", "canary", "arm"] = Field(description="the answering version's role")
+    arm: str | None = Field(None, description="the A/B arm, during an A/B test")
+
+
 class FeatureViewReport(_Doc):
     age_seconds: float | None = Field(description="age of the view's online row at the request's clock")
     status: Literal["fresh", "stale", "missing", "no_key", "unavailable"]
@@ -127,6 +134,7 @@ class PredictionResponse(_Doc):
         description='per nominal level ("0.8", "0.9"): {name: [low, high]} for the value and the time')
     confidence: Confidence
     model: ModelRef
+    routing: RoutingRef
     calibration: str = Field(description="the intervals' calibration: '<model>:<version>/bundle' (as trained) or a "
                                          "recalibration from the outcomes ('<model>:<version>/cal-<time>-<hash>')")
     features: dict[str, FeatureViewReport]
@@ -154,4 +162,4 @@ class ErrorResponse(_Doc):
     fields: list[FieldError] | None = None
 
 
-__all__ += ["Confidence", "FeatureViewReport", "ModelRef", "ValidationError", "outcome_key_columns", "request_columns"]
+__all__ += ["Confidence", "FeatureViewReport", "ModelRef", "RoutingRef", "ValidationError", "outcome_key_columns", "request_columns"]

@@ -1,8 +1,15 @@
 """The prediction service behind the HTTP routes: models, features, inference, fallbacks, uncertainty, log.
 
-Per use case (:class:`UseCaseRuntime`): the spec-derived request schema, the compiled feature resolver, the
-model bundle of the registry version served (``settings.api.model_alias``; it carries the calibration, the
-training ranges and the fallback), and the Triton client pinned to that version.
+Per use case (:class:`UseCaseRuntime`): the spec-derived request schema and the versions in service, each a
+:class:`ServedVersion` (the registry version's bundle, which carries the calibration, the training ranges and
+the fallback; its feature resolver; its Triton client, pinned to that version's Triton model). Which versions
+serve, with which role and weight, is the use case's routing table (:mod:`pipelines.deploy.routing`), followed
+every ``deploy.routing_poll_s`` without a restart; without a table the API serves ``api.models`` (a pinned
+version) or the ``api.model_alias`` version. The API never writes model repositories: the deployment
+(:mod:`pipelines.deploy`, DAG ``model_deploy``) loads versions into Triton before routing traffic to them.
+
+Every answer names exactly one model version and one routing version (``routing``); a shadow version scores a
+copy of the request after the answer is built (a bounded queue, drops counted) and is only logged.
 
 A request's path (:meth:`PredictionService.predict`), every stage bounded by what is left of the deadline:
 
@@ -10,8 +17,9 @@ A request's path (:meth:`PredictionService.predict`), every stage bounded by wha
    Cassandra with the driver's asynchronous requests on the event loop, :mod:`serving.cassandra_async`),
    with a timeout; a failure, a timeout or an open circuit -> defaults, flagged.
 2. transform: freshness policies, request features (feature language's Python compiler), the float32 row.
-3. inference on Triton (kept-alive HTTP, timeout = min(triton budget, time left)); a timeout, a refusal, a
-   missing model or an open circuit -> the bundle's fallback predictor, ``degraded: true`` with the reason.
+3. inference on Triton by the version the routing table picks for the request (kept-alive HTTP, timeout =
+   min(triton budget, time left)); a timeout, a refusal, a missing model or an open circuit -> that version's
+   fallback predictor, ``degraded: true`` with the reason.
 4. intervals from the calibration in use (the bundle's split-conformal one, or the newest recalibration the
    feedback loop published for this version, followed every 2 s and named in the answer); confidence lowered (and why) for defaulted or
    stale features, out-of-training-range values and fallback answers; the answer goes to the prediction log.
@@ -27,12 +35,13 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.config import Settings
+from pipelines.deploy.routing import RoutingError, RoutingStore, RoutingTable
+from pipelines.deploy.triton import triton_name
 from pipelines.featurestore.spec import FeatureSet, load_feature_set
 from pipelines.interface import OutputSpec
 from pipelines.models.bundle import Calibration, ModelBundle
@@ -46,7 +55,7 @@ from serving.predlog import PredictionLog
 from serving.resilience import CircuitBreaker
 from serving.schemas import RequestSchema
 
-__all__ = ["NoModel", "OutputSpec", "PredictionService", "StaleFeature", "UseCaseRuntime"]
+__all__ = ["NoModel", "OutputSpec", "PredictionService", "ServedVersion", "StaleFeature", "UseCaseRuntime"]
 
 log = logging.getLogger("atelier.serving")
 MIN_INFERENCE_S = 0.002  # below this much time left, the fallback answers at once
@@ -54,6 +63,59 @@ MIN_INFERENCE_S = 0.002  # below this much time left, the fallback answers at on
 
 class NoModel(RuntimeError):
     """No model bundle is loaded for the use case (registry unreachable or no version): 503, retry later."""
+
+
+class ServedVersion:
+    """One registry version the API answers (or shadows) with."""
+
+    def __init__(self, rt: UseCaseRuntime, bundle: ModelBundle) -> None:
+        missing = [f for f in bundle.feature_names if f not in rt.resolver.feature_names]
+        if missing:
+            raise ValueError(f"model {rt.model_name} v{bundle.version} needs features the spec does not define: "
+                             f"{missing}")
+        self.usecase, self.model_name, self.version = rt.name, rt.model_name, str(bundle.version)
+        self.bundle = bundle
+        self.resolver = FeatureResolver(rt.features, dict(bundle.feature_defaults))
+        self.levels = [f"{level:g}" for level in bundle.calibration.levels]
+        # The intervals' calibration: the bundle's, until the feedback loop publishes a recalibration.
+        self.calibration: Calibration = bundle.calibration
+        self.calibration_id = bundle_calibration_id(self.model_name, self.version)
+        self.calibration_stamp: int | None = None
+        self.triton: TritonModel | None = None
+        self.triton_breaker = CircuitBreaker(failures=3, cooldown_s=0.5)
+        self.triton_ready = False
+
+    @property
+    def triton_model(self) -> str:
+        return triton_name(self.model_name, self.version)
+
+    def follow_calibration(self, settings: Settings) -> None:
+        """Serve the newest recalibration the feedback loop published for this version (if changed)."""
+        folder = calibration_dir(settings, self.usecase, self.model_name, self.version)
+        try:
+            stamp = (folder / "current.json").stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp == self.calibration_stamp:
+            return
+        self.calibration_stamp = stamp
+        try:
+            loaded = load_current(folder)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("use case %s: unreadable recalibration in %s (%s): keeping %s", self.usecase, folder, exc,
+                        self.calibration_id)
+            return
+        if loaded is None:
+            return
+        calibration_id, calibration = loaded
+        segment = calibration.segment_feature
+        if tuple(calibration.levels) != tuple(self.bundle.calibration.levels) or (
+                segment is not None and segment not in self.bundle.feature_names):
+            log.warning("use case %s: recalibration %s does not fit the model (levels or segment feature): "
+                        "keeping %s", self.usecase, calibration_id, self.calibration_id)
+            return
+        self.calibration, self.calibration_id = calibration, calibration_id
+        log.info("use case %s: serving intervals of %s", self.usecase, calibration_id)
 
 
 class UseCaseRuntime:
@@ -68,57 +130,45 @@ class UseCaseRuntime:
         self.model_version: str | None = pinned or None
         self.output = OutputSpec.load(self.usecase, self.features.label.column if self.features.label else "value")
         self.resolver = FeatureResolver(self.features)
-        self.bundle: ModelBundle | None = None
+        self.versions: dict[str, ServedVersion] = {}
+        self.static_version: str | None = None  # served when the use case has no routing table
+        self.table: RoutingTable | None = None
+        self.routing_stamp: tuple[int, int] | None = None
         self.bundle_error: str | None = "not loaded yet"
-        self.triton: TritonModel | None = None
-        self.triton_breaker = CircuitBreaker(failures=3, cooldown_s=0.5)
-        self.triton_ready = False
-        self.levels: list[str] = []
-        # The intervals' calibration: the bundle's, until the feedback loop publishes a recalibration.
-        self.calibration: Calibration | None = None
-        self.calibration_id = ""
-        self.calibration_stamp: int | None = None
 
-    def attach(self, bundle: ModelBundle) -> None:
-        missing = [f for f in bundle.feature_names if f not in self.resolver.feature_names]
-        if missing:
-            raise ValueError(f"model {self.model_name} v{bundle.version} needs features the spec does not define: "
-                             f"{missing}")
-        self.resolver = FeatureResolver(self.features, {k: v for k, v in bundle.feature_defaults.items()})
-        self.levels = [f"{level:g}" for level in bundle.calibration.levels]
-        self.bundle, self.bundle_error = bundle, None
-        self.calibration, self.calibration_stamp = bundle.calibration, None
-        self.calibration_id = bundle_calibration_id(self.model_name, str(bundle.version))
+    @property
+    def primary(self) -> ServedVersion | None:
+        version = self.table.primary.version if self.table is not None else self.static_version
+        return self.versions.get(version) if version is not None else None
 
-    def follow_calibration(self, settings: Settings) -> None:
-        """Serve the newest recalibration the feedback loop published for this version (if changed)."""
-        if self.bundle is None:
-            return
-        folder = calibration_dir(settings, self.name, self.model_name, str(self.bundle.version))
-        try:
-            stamp = (folder / "current.json").stat().st_mtime_ns
-        except FileNotFoundError:
-            return
-        if stamp == self.calibration_stamp:
-            return
-        self.calibration_stamp = stamp
-        try:
-            loaded = load_current(folder)
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("use case %s: unreadable recalibration in %s (%s): keeping %s", self.name, folder, exc,
-                        self.calibration_id)
-            return
-        if loaded is None:
-            return
-        calibration_id, calibration = loaded
-        segment = calibration.segment_feature
-        if tuple(calibration.levels) != tuple(self.bundle.calibration.levels) or (
-                segment is not None and segment not in self.bundle.feature_names):
-            log.warning("use case %s: recalibration %s does not fit the model (levels or segment feature): "
-                        "keeping %s", self.name, calibration_id, self.calibration_id)
-            return
-        self.calibration, self.calibration_id = calibration, calibration_id
-        log.info("use case %s: serving intervals of %s", self.name, calibration_id)
+    @property
+    def routing_version(self) -> int:
+        return self.table.version if self.table is not None else 0
+
+    def attach(self, bundle: ModelBundle) -> ServedVersion:
+        """Serve ``bundle`` as the static version (no routing table)."""
+        sv = ServedVersion(self, bundle)
+        self.versions[sv.version] = sv
+        self.static_version, self.bundle_error = sv.version, None
+        return sv
+
+    def pick(self, request_id: str, row: dict[str, Any]) -> tuple[ServedVersion | None, str, str | None]:
+        """(version, role, arm) answering a request: the routing table's choice, or the primary while the
+        chosen version is not loaded (yet)."""
+        table, primary = self.table, self.primary
+        if table is None:
+            return primary, "primary", None
+        sticky = row.get(table.sticky_key) if table.sticky_key else None
+        route = table.choose(request_id, None if sticky is None else str(sticky))
+        chosen = self.versions.get(route.version)
+        if chosen is None:
+            return primary, "primary", None
+        return chosen, route.role, route.arm
+
+    def shadows(self, request_id: str) -> list[ServedVersion]:
+        if self.table is None:
+            return []
+        return [sv for r in self.table.shadowed(request_id) if (sv := self.versions.get(r.version)) is not None]
 
 
 def _iso(ts: datetime) -> str:
@@ -150,8 +200,12 @@ class PredictionService:
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="online-store")
         self.log = PredictionLog(settings.prediction_log_path, max_queue=self.api.prediction_log_queue,
                                  on_written=self.metrics.log_written.inc)
+        self.routing = RoutingStore(settings.routing_path)
         self._maintenance: asyncio.Task | None = None
-        self._last_deploy: dict[str, float] = {}
+        self._router: asyncio.Task | None = None
+        self._shadow_worker: asyncio.Task | None = None
+        self._shadow_queue: asyncio.Queue | None = None
+        self._retired: list[tuple[float, ServedVersion]] = []
         self.in_flight = 0
         self.started = False
 
@@ -172,12 +226,19 @@ class PredictionService:
 
     async def start(self) -> None:
         self.log.start()
+        self._shadow_queue = asyncio.Queue(maxsize=self.api.shadow_queue)
         for rt in self.runtimes.values():
-            await self._load_bundle(rt)
-            rt.follow_calibration(self.settings)
-            await self._ensure_triton(rt, force=True)
+            await self._follow_routing(rt)
+            if rt.table is None:
+                await self._load_bundle(rt)
+            for sv in list(rt.versions.values()):
+                sv.follow_calibration(self.settings)
+                await self._ensure_triton(sv)
         await self._check_store()
         self._maintenance = asyncio.create_task(self._maintain())
+        if not self._given_bundles:
+            self._router = asyncio.create_task(self._route_loop())
+        self._shadow_worker = asyncio.create_task(self._shadow_loop())
         # Everything loaded at start lives as long as the process: keep it out of the collector's way, and
         # collect young objects less often (a request allocates a few hundred short-lived objects).
         gc.collect()
@@ -186,13 +247,18 @@ class PredictionService:
         self.started = True
 
     async def stop(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._maintenance
+        for task in (self._maintenance, self._router, self._shadow_worker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         for rt in self.runtimes.values():
-            if rt.triton is not None:
-                await rt.triton.close()
+            for sv in rt.versions.values():
+                if sv.triton is not None:
+                    await sv.triton.close()
+        for _, sv in self._retired:
+            if sv.triton is not None:
+                await sv.triton.close()
         self.log.close()
         with contextlib.suppress(Exception):
             if self._store is not None:
@@ -200,6 +266,7 @@ class PredictionService:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _load_bundle(self, rt: UseCaseRuntime) -> None:
+        """The static version (no routing table): ``api.models``' pinned version or the alias's."""
         if rt.name in self._given_bundles:
             rt.attach(self._given_bundles[rt.name])
             return
@@ -214,57 +281,100 @@ class PredictionService:
             rt.bundle_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             log.warning("use case %s: no model (%s)", rt.name, rt.bundle_error)
 
-    async def _ensure_triton(self, rt: UseCaseRuntime, force: bool = False) -> None:
-        """Open the Triton client of the bundle's version; deploy and load it when configured and not ready."""
-        if rt.bundle is None:
-            return
-        version = str(rt.bundle.version)
-        if rt.triton is None or rt.triton.version != version:
-            if rt.triton is not None:
-                await rt.triton.close()
-            rt.triton = TritonModel(self.settings.triton.http_url, rt.model_name, version,
-                                    len(rt.bundle.feature_names))
-        was_ready = rt.triton_ready
-        rt.triton_ready = await rt.triton.ready()
-        if rt.triton_ready:
-            if not was_ready:
-                await self._warm_up(rt)
-            return
-        if not self.api.deploy_on_start:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_deploy.get(rt.name, 0.0) < 10.0:
-            return
-        self._last_deploy[rt.name] = now
-        try:
-            await asyncio.to_thread(self._deploy, rt.bundle, rt.model_name)
-            rt.triton_ready = await rt.triton.ready(timeout_s=5.0)
-            if rt.triton_ready:
-                await self._warm_up(rt)
-        except Exception as exc:  # noqa: BLE001 - Triton down: the fallback answers until it is back
-            log.warning("use case %s: cannot deploy %s v%s to Triton: %s", rt.name, rt.model_name, version, exc)
+    async def _served_version(self, rt: UseCaseRuntime, version: str) -> ServedVersion:
+        sv = rt.versions.get(version)
+        if sv is not None:
+            return sv
+        from pipelines.models.registry import load_bundle
 
-    async def _warm_up(self, rt: UseCaseRuntime) -> None:
+        bundle = await asyncio.to_thread(load_bundle, self.settings, rt.model_name, None, version)
+        sv = ServedVersion(rt, bundle)
+        sv.follow_calibration(self.settings)
+        await self._ensure_triton(sv)
+        rt.versions[version] = sv
+        log.info("use case %s: version %s loaded (Triton ready: %s)", rt.name, version, sv.triton_ready)
+        return sv
+
+    async def _follow_routing(self, rt: UseCaseRuntime) -> None:
+        """Apply the use case's routing table when it changed: load the versions it names first, then switch."""
+        path = self.routing.current_path(rt.name)
+        try:
+            st = path.stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == rt.routing_stamp:
+            return
+        if stamp is None:
+            if rt.table is not None:
+                log.warning("use case %s: routing table %s removed: serving the static version", rt.name, path)
+                rt.table, rt.routing_stamp = None, None
+                await self._load_bundle(rt)
+            return
+        try:
+            table = self.routing.read(rt.name)
+        except (OSError, RoutingError) as exc:
+            log.warning("use case %s: unreadable routing table (%s): keeping routing version %s", rt.name, exc,
+                        rt.routing_version)
+            rt.routing_stamp = stamp
+            return
+        if table is None:
+            return
+        if table.model != rt.model_name:
+            log.warning("use case %s: routing table names model %s, the API serves %s: ignored", rt.name,
+                        table.model, rt.model_name)
+            rt.routing_stamp = stamp
+            return
+        for version in table.versions:
+            try:
+                await self._served_version(rt, version)
+            except Exception as exc:  # noqa: BLE001 - the registry or a bundle: retried at the next poll
+                if version == table.primary.version:
+                    log.warning("use case %s: routing version %s: primary %s not loadable (%s): keeping "
+                                "routing version %s", rt.name, table.version, version, exc, rt.routing_version)
+                    return
+                log.warning("use case %s: routing version %s: version %s not loadable (%s): its share goes to "
+                            "the primary", rt.name, table.version, version, exc)
+        rt.table, rt.routing_stamp, rt.bundle_error = table, stamp, None
+        self.metrics.routing_version.labels(rt.name).set(table.version)
+        keep = set(table.versions)
+        for version in [v for v in rt.versions if v not in keep]:
+            # In-flight requests may still hold it: close its client after the drain time.
+            self._retired.append((time.monotonic() + self.settings.deploy.drain_s + 5.0, rt.versions.pop(version)))
+        log.info("use case %s: routing version %s applied: %s", rt.name, table.version,
+                 ", ".join(f"v{r.version} {r.role} {r.weight:g}" for r in table.routes))
+
+    async def _route_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.deploy.routing_poll_s)
+            try:
+                for rt in self.runtimes.values():
+                    await self._follow_routing(rt)
+                now = time.monotonic()
+                while self._retired and self._retired[0][0] <= now:
+                    _, sv = self._retired.pop(0)
+                    if sv.triton is not None:
+                        await sv.triton.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never let the routing loop die
+                log.warning("routing: %s", exc)
+
+    async def _ensure_triton(self, sv: ServedVersion) -> None:
+        """Open the Triton client of the version's Triton model and check it is ready (the API never loads it)."""
+        if sv.triton is None:
+            sv.triton = TritonModel(self.settings.triton.http_url, sv.triton_model, sv.version,
+                                    len(sv.bundle.feature_names))
+        was_ready = sv.triton_ready
+        sv.triton_ready = await sv.triton.ready()
+        if sv.triton_ready and not was_ready:
+            await self._warm_up(sv)
+
+    async def _warm_up(self, sv: ServedVersion) -> None:
         """One call on a fresh connection, so the first request does not pay the connection set-up."""
-        assert rt.triton is not None
+        assert sv.triton is not None
         with contextlib.suppress(Exception):
-            await rt.triton.predict(np.zeros((1, rt.triton.n_features), dtype=np.float32), 5.0)
-
-    def _deploy(self, bundle: ModelBundle, name: str) -> None:
-        from pipelines.deploy import export_python_model, load_on_triton
-        from pipelines.deploy.triton import MODEL_SOURCE
-
-        repo = self.settings.triton_model_repository
-        folder = repo / name / str(bundle.version)
-        assert bundle.path is not None
-        try:
-            current = (folder / "model.json").read_bytes() == (bundle.path / "model.json").read_bytes() and (
-                (folder / "model.py").read_text() == MODEL_SOURCE.read_text())
-        except OSError:
-            current = False
-        if not current:
-            export_python_model(bundle, repo, name=name, version=bundle.version)
-        load_on_triton(self.settings.triton.http_url, name, int(str(bundle.version)), timeout_s=60.0)
+            await sv.triton.predict(np.zeros((1, sv.triton.n_features), dtype=np.float32), 5.0)
 
     async def _check_store(self) -> None:
         rt = next(iter(self.runtimes.values()))
@@ -286,11 +396,12 @@ class PredictionService:
             await asyncio.sleep(2.0)
             try:
                 for rt in self.runtimes.values():
-                    if rt.bundle is None and time.monotonic() - last_bundle_try > 10.0:
+                    if rt.table is None and rt.primary is None and time.monotonic() - last_bundle_try > 10.0:
                         last_bundle_try = time.monotonic()
                         await self._load_bundle(rt)
-                    rt.follow_calibration(self.settings)
-                    await self._ensure_triton(rt)
+                    for sv in list(rt.versions.values()):
+                        sv.follow_calibration(self.settings)
+                        await self._ensure_triton(sv)
                 await self._check_store()
             except asyncio.CancelledError:
                 raise
@@ -302,15 +413,29 @@ class PredictionService:
                                                     "usable": self.store_ready}}
         ok = self.store_ready
         for rt in self.runtimes.values():
-            model_ok = rt.bundle is not None and rt.triton_ready
+            primary = rt.primary
+            model_ok = primary is not None and primary.triton_ready
+            triton = primary.triton if primary is not None else None
             details[rt.name] = {"model": rt.model_name,
-                                "version": None if rt.bundle is None else rt.bundle.version,
-                                "bundle_loaded": rt.bundle is not None, "bundle_error": rt.bundle_error,
-                                "triton_ready": rt.triton_ready,
-                                "triton_calls": rt.triton.calls if rt.triton else 0,
-                                "triton_rows_coalesced": rt.triton.coalesced_rows if rt.triton else 0}
+                                "version": None if primary is None else primary.version,
+                                "bundle_loaded": primary is not None, "bundle_error": rt.bundle_error,
+                                "triton_ready": bool(primary and primary.triton_ready),
+                                "triton_calls": triton.calls if triton else 0,
+                                "triton_rows_coalesced": triton.coalesced_rows if triton else 0,
+                                "routing_version": rt.routing_version,
+                                "routes": self.routes(rt)}
             ok = ok and model_ok
         return ok, details
+
+    def routes(self, rt: UseCaseRuntime) -> list[dict[str, Any]]:
+        table = rt.table
+        listed = table.routes if table is not None else ()
+        out = [{**r.to_dict(), "loaded": r.version in rt.versions,
+                "triton_ready": bool((sv := rt.versions.get(r.version)) and sv.triton_ready)} for r in listed]
+        if table is None and rt.primary is not None:
+            out.append({"version": rt.primary.version, "role": "primary", "weight": 1.0, "loaded": True,
+                        "triton_ready": rt.primary.triton_ready})
+        return out
 
     # ------------------------------------------------------------------------------------------ hot path
 
@@ -360,39 +485,45 @@ class PredictionService:
             out.append({view: by_view[view][key] for view, key in row_keys.items() if key is not None})
         return out, None
 
-    async def infer(self, rt: UseCaseRuntime, matrix: np.ndarray, deadline: float) -> tuple[np.ndarray, str | None]:
-        """(predictions, None) from Triton, or (fallback predictions, reason)."""
-        assert rt.bundle is not None
+    async def infer(self, rt: UseCaseRuntime, sv: ServedVersion, matrix: np.ndarray, deadline: float,
+                    ) -> tuple[np.ndarray, str | None, str | None]:
+        """(predictions, None, None) from Triton, or (fallback predictions, reason, error kind or None)."""
         reason: str
+        kind: str | None = None
         left = deadline - time.perf_counter()
-        if rt.triton is None:
+        if sv.triton is None:
             reason = "model not deployed on Triton"
         elif left < MIN_INFERENCE_S:
             reason = "deadline nearly spent before inference"
-        elif not rt.triton_breaker.allow():
+        elif not sv.triton_breaker.allow():
             reason = "Triton unavailable (circuit open after recent failures)"
+            kind = "circuit_open"
         else:
             try:
-                raw = await rt.triton.predict(matrix, min(self.api.triton_timeout_ms / 1000,
+                raw = await sv.triton.predict(matrix, min(self.api.triton_timeout_ms / 1000,
                                                           left - MIN_INFERENCE_S / 2))
-                rt.triton_breaker.success()
-                rt.triton_ready = True
-                return rt.bundle.add_offset(raw, matrix), None  # Triton sums the trees; the offset is ours
+                sv.triton_breaker.success()
+                sv.triton_ready = True
+                return sv.bundle.add_offset(raw, matrix), None, None  # Triton sums the trees; the offset is ours
             except TritonUnavailable as exc:
-                rt.triton_breaker.failure()
+                sv.triton_breaker.failure()
                 self.metrics.errors.labels(f"triton_{exc.kind}").inc()
-                reason = str(exc)
+                reason, kind = str(exc), exc.kind
         self.metrics.fallbacks.labels(rt.name, reason.split(" (")[0][:60]).inc(matrix.shape[0])
-        return rt.bundle.fallback.predict(matrix, rt.bundle.feature_names), reason
+        return sv.bundle.fallback.predict(matrix, sv.bundle.feature_names), reason, kind
 
     async def predict(self, rt: UseCaseRuntime, rows: list[dict[str, Any]], as_of: datetime, request_id: str,
                       endpoint: str, started: float) -> list[dict[str, Any]]:
         """Answers for validated rows (raises StaleFeature for a ``reject`` policy, NoModel without a bundle)."""
-        bundle = rt.bundle
-        if bundle is None:
+        sv, role, arm = rt.pick(request_id, rows[0])
+        if sv is None:
             raise NoModel(f"no model loaded for use case '{rt.name}' ({rt.bundle_error})")
+        bundle = sv.bundle
+        routing = {"version": rt.routing_version, "role": role}
+        if arm is not None:
+            routing["arm"] = arm
         deadline = started + self.api.deadline_ms / 1000
-        resolver = rt.resolver
+        resolver = sv.resolver
         keys = [resolver.keys(row) for row in rows]
         t0 = time.perf_counter()
         results, store_problem = await self.lookup(rt, keys, as_of, deadline)
@@ -408,22 +539,58 @@ class PredictionService:
         names = bundle.feature_names
         matrix = np.array([resolver.vector(r.values, names) for r in resolved], dtype=np.float32)
         t2 = time.perf_counter()
-        predictions, fallback_reason = await self.infer(rt, matrix, deadline)
+        predictions, fallback_reason, error = await self.infer(rt, sv, matrix, deadline)
         t3 = time.perf_counter()
-        intervals = bundle.intervals(predictions, matrix, rt.calibration)
-        answers = [self._answer(rt, bundle, rows[i], keys[i], resolved[i], float(predictions[i]),
+        intervals = bundle.intervals(predictions, matrix, sv.calibration)
+        answers = [self._answer(rt, sv, rows[i], keys[i], resolved[i], float(predictions[i]),
                                 {lvl: (float(lo[i]), float(hi[i])) for lvl, (lo, hi) in intervals.items()},
                                 fallback_reason, store_problem, as_of,
-                                request_id if len(rows) == 1 and endpoint == "predict" else f"{request_id}-{i}")
+                                request_id if len(rows) == 1 and endpoint == "predict" else f"{request_id}-{i}",
+                                routing, started, error)
                    for i in range(len(rows))]
         t4 = time.perf_counter()
         self.metrics.observe(endpoint, t1 - t0, (t2 - t1) + (t4 - t3), t3 - t2, t4 - started)
         self.metrics.rows.labels(rt.name, "fallback" if fallback_reason else "triton").inc(len(rows))
+        self.metrics.routed.labels(rt.name, sv.version, role).inc(len(rows))
+        for shadow in rt.shadows(request_id):
+            if shadow is sv:
+                continue
+            item = (rt, shadow, rows, keys, resolved, as_of, [a["request_id"] for a in answers], routing)
+            assert self._shadow_queue is not None
+            try:
+                self._shadow_queue.put_nowait(item)
+            except asyncio.QueueFull:
+                self.metrics.shadow.labels(rt.name, shadow.version, "dropped").inc(len(rows))
         return answers
 
-    def _answer(self, rt: UseCaseRuntime, bundle: ModelBundle, row: dict[str, Any], keys: dict[str, tuple | None],
+    async def _shadow_loop(self) -> None:
+        """Score queued copies with their shadow versions, off the requests' path; log them as ``shadow``."""
+        assert self._shadow_queue is not None
+        while True:
+            rt, sv, rows, keys, resolved, as_of, request_ids, routing = await self._shadow_queue.get()
+            try:
+                started = time.perf_counter()
+                matrix = np.array([sv.resolver.vector(r.values, sv.bundle.feature_names) for r in resolved],
+                                  dtype=np.float32)
+                predictions, reason, error = await self.infer(rt, sv, matrix, started + self.api.deadline_ms / 1000)
+                intervals = sv.bundle.intervals(predictions, matrix, sv.calibration)
+                for i, row in enumerate(rows):
+                    self._answer(rt, sv, row, keys[i], resolved[i], float(predictions[i]),
+                                 {lvl: (float(lo[i]), float(hi[i])) for lvl, (lo, hi) in intervals.items()},
+                                 reason, None, as_of, request_ids[i], {**routing, "role": "shadow"}, started, error)
+                self.metrics.shadow.labels(rt.name, sv.version, "scored").inc(len(rows))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a shadow never hurts serving
+                self.metrics.shadow.labels(rt.name, sv.version, "failed").inc(len(rows))
+                log.warning("shadow v%s: %s", sv.version, exc)
+
+    def _answer(self, rt: UseCaseRuntime, sv: ServedVersion, row: dict[str, Any], keys: dict[str, tuple | None],
                 resolved: Any, value: float, interval: dict[str, tuple[float, float]], fallback_reason: str | None,
-                store_problem: str | None, as_of: datetime, request_id: str) -> dict[str, Any]:
+                store_problem: str | None, as_of: datetime, request_id: str, routing: dict[str, Any],
+                started: float, error: str | None) -> dict[str, Any]:
+        """The answer (and its prediction-log record; a shadow's record only: role ``shadow``)."""
+        bundle = sv.bundle
         out = rt.output
         value = round(value, 2)
         prediction: dict[str, Any] = {out.name: value}
@@ -451,26 +618,30 @@ class PredictionService:
         if store_problem:
             degraded_reasons.append(f"feature defaults used: {store_problem}")
         level = "high" if score == 0 else "medium" if score <= 2 else "low"
-        freshness = self.metrics.freshness
-        for view, rep in resolved.report.items():
-            if rep["action"] != "none":
-                freshness.labels(view, rep["action"]).inc()
+        if routing["role"] != "shadow":
+            freshness = self.metrics.freshness
+            for view, rep in resolved.report.items():
+                if rep["action"] != "none":
+                    freshness.labels(view, rep["action"]).inc()
         answer = {
             "request_id": request_id,
             "usecase": rt.name,
             "prediction": prediction,
             "interval": intervals,
             "confidence": {"level": level, "reasons": reasons},
-            "model": {"name": rt.model_name, "version": bundle.version,
+            "model": {"name": rt.model_name, "version": sv.version,
                       "runtime": "fallback" if fallback_reason else "triton"},
-            "calibration": rt.calibration_id,
+            "routing": routing,
+            "calibration": sv.calibration_id,
             "features": resolved.report,
             "degraded": bool(degraded_reasons),
             "degraded_reasons": degraded_reasons,
             "as_of": _iso(as_of),
         }
         record = dict(answer)
-        record["route"] = "primary"
+        record["route"] = routing["role"]
+        record["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        record["error"] = error
         record["logged_at"] = datetime.now(UTC)
         record["request"] = row
         record["keys"] = {view: list(k) if k is not None else None for view, k in keys.items()}
@@ -479,7 +650,3 @@ class PredictionService:
         if not self.log.append(rt.name, record):
             self.metrics.log_dropped.inc()
         return answer
-
-
-def default_log_dir(settings: Settings) -> Path:
-    return settings.prediction_log_path

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from pipelines.config import Settings
 
-__all__ = ["AUDIT_PREFIX", "GateOutcome", "apply_rules", "audit_trail", "promotion_lock", "transition",
+__all__ = ["AUDIT_PREFIX", "GateOutcome", "apply_rules", "audit_event", "audit_trail", "promotion_lock", "transition",
            "version_facts"]
 
 AUDIT_PREFIX = "atelier.audit."
@@ -129,6 +129,20 @@ def _transition_locked(settings: Settings, c: MlflowClient, name: str, version: 
             _mlflow(settings, c.delete_registered_model_alias, name, alias)
     _mlflow(settings, c.set_model_version_tag, name, version, STAGE_TAG, to_stage)
     _mlflow(settings, _audit, c, name, version, tags, entry)
+    return entry
+
+
+def audit_event(settings: Settings, name: str, version: str | int, *, event: str, by: str, why: str,
+                details: dict[str, Any] | None = None, mlflow_client: MlflowClient | None = None) -> dict[str, Any]:
+    """Add a non-moving entry (a deployment step, a rollback, a refusal) to a version's audit trail; the
+    stage stays as it is (``from`` = ``to``)."""
+    c = mlflow_client or client(settings)
+    version = str(version)
+    with promotion_lock(settings, name):
+        stage, tags, _ = _mlflow(settings, _stage, c, name, version)
+        entry = {"from": stage, "to": stage, "by": by, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                 "why": why, "event": event, **({"details": details} if details else {})}
+        _mlflow(settings, _audit, c, name, version, tags, entry)
     return entry
 
 

@@ -43,16 +43,21 @@ def serving_features(usecase):
 
 
 @pytest.fixture(scope="session")
-def serving_model(request, settings, mlflow_service):
+def serving_model(request, settings, usecase, mlflow_service, triton_service, published_lake):
     """(VersionRef, ModelBundle) of the use case's trained model, pinned by version (lifecycle tests move
     aliases): the registry's current champion when there is one, else the session's ``registered_model``
-    fixture trains and registers one."""
+    fixture trains and registers one. Its artifact is loaded into the test Triton (the deployment's own
+    package -> verify -> load -> golden check; the API never loads models)."""
+    from pipelines.deploy.package import golden_check, package_version, place_and_load
     from pipelines.models.registry import ModelNotFound, load_bundle, resolve_version
 
     try:
         ref = resolve_version(settings, "flights_eta", "champion")
     except ModelNotFound:
         ref = request.getfixturevalue("registered_model")
+    artifact = package_version(settings, ref.name, ref.version)
+    place_and_load(settings, usecase, artifact.path)
+    golden_check(settings, artifact.path)
     return ref, load_bundle(settings, ref.name, version=ref.version)
 
 

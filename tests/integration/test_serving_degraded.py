@@ -68,9 +68,15 @@ class Traffic(threading.Thread):
         raise AssertionError(f"no {what} within {timeout_s} s; last answers: {self.answers[-3:]}")
 
 
-def test_triton_killed_mid_traffic_then_back(own_triton, sqlite_features, serving_model, real_flights, tmp_path):
+def test_triton_killed_mid_traffic_then_back(own_triton, sqlite_features, serving_model, real_flights, tmp_path,
+                                             settings, usecase):
+    from pipelines.deploy.package import package_version, place_and_load
+
     overrides, supervisor, spec = own_triton
-    # The API deploys its model version into this Triton's repository at start and loads it.
+    # The deployment loads the version into this Triton (the API only serves what is loaded).
+    ref = serving_model[0]
+    place_and_load(load_settings("test", environ={**os.environ, **overrides}), usecase,
+                   package_version(settings, ref.name, ref.version).path)
     api = ApiServer({**sqlite_features, **overrides, **model_env(serving_model[0]), **BUDGET},
                     tmp_path / "log").start()
     traffic = Traffic(api, real_flights)

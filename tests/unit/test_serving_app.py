@@ -35,7 +35,7 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
     overrides = {"ATELIER__HOME": str(tmp / "home"), "ATELIER__ONLINE_STORE__SQLITE_PATH": str(tmp / "features.db"),
                  "ATELIER__API__PREDICTION_LOG_DIR": str(tmp / "log"),
-                 "ATELIER__TRITON__HTTP_PORT": str(_closed_port()), "ATELIER__API__DEPLOY_ON_START": "false"}
+                 "ATELIER__TRITON__HTTP_PORT": str(_closed_port())}
     settings = load_settings("test", environ={**os.environ, **overrides})
     features = load_feature_set(get_usecase("flights_eta", settings.usecases_path))
     with get_online_store(settings) as store:

@@ -214,7 +214,7 @@ def test_prediction_log_is_bounded_and_loses_nothing_accepted(tmp_path):
 
 
 def test_triton_configs():
-    from pipelines.deploy import fil_model_config, triton_python_config
+    from pipelines.deploy.triton import fil_model_config, triton_name, triton_python_config
 
     fil = fil_model_config("flights_eta", 21)
     assert 'backend: "fil"' in fil and "dims: [ 21 ]" in fil and 'string_value: "xgboost_json"' in fil
@@ -222,14 +222,20 @@ def test_triton_configs():
     assert 'key: "is_classifier"' in fil and "KIND_CPU" in fil
     python = triton_python_config("flights_eta", 21)
     assert 'backend: "python"' in python and "dims: [ 21 ]" in python and "max_batch_size: 4096" in python
-    assert "latest { num_versions: 2 }" in python
+    assert "latest { num_versions: 1 }" in python  # one registry version per Triton model
+    assert triton_name("flights_eta", "12") == "flights_eta.v12"
+    for bad in ("0", "x", "-1"):
+        with pytest.raises(ValueError, match="positive integer"):
+            triton_name("flights_eta", bad)
 
 
 def test_export_writes_both_flavours(tmp_path, features):
-    from pipelines.deploy import export_fil_model, export_python_model
+    from pipelines.deploy.triton import export_fil_model, export_python_model
     from serving.testing import synthetic_bundle
 
     bundle = synthetic_bundle(features, tmp_path / "bundle", rows=2_000, trees=5, depth=3, version="7")
+    default = export_python_model(bundle, tmp_path / "repo")
+    assert default.name == f"{bundle.model_name}.v7" and default.folder == tmp_path / "repo" / default.name / "7"
     py = export_python_model(bundle, tmp_path / "repo", name="flights_eta")
     assert py.version == 7 and (py.folder / "model.py").exists() and (py.folder / "model.json").exists()
     assert "inplace_predict" in (py.folder / "model.py").read_text()

