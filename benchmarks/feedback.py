@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"benchmark": "feedback", "model": f"{name}:{version}", "machine": {
         "cpus": os.cpu_count(), "load_avg_start": round(os.getloadavg()[0], 2)}}
     spark = get_spark(settings, "atelier-bench-feedback")
+    from pipelines.deploy.package import package_version, place_and_load
+
+    # The API serves what the deployment loaded into Triton.
+    place_and_load(base, usecase, package_version(base, name, version).path)
     server = bench.Server({**env, "ATELIER__API__MODELS": f"{{flights_eta: '{name}:{version}'}}"}, work / "log")
     try:
         days = [FIRST_DAY + timedelta(days=i) for i in range(args.days)]

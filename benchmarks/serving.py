@@ -301,7 +301,7 @@ def floor(settings: Settings, name: str, version: str, features_row: dict[str, A
           ) -> dict[str, Any]:
     import tritonclient.http as httpclient
 
-    from pipelines.deploy.triton import INPUT
+    from pipelines.deploy.triton import INPUT, triton_name
     from pipelines.models.registry import load_bundle
 
     bundle = load_bundle(settings, name, version=version)
@@ -321,7 +321,7 @@ def floor(settings: Settings, name: str, version: str, features_row: dict[str, A
         inp = httpclient.InferInput(INPUT, list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         t = time.perf_counter()
-        client.infer(name, [inp], model_version=str(bundle.version))
+        client.infer(triton_name(name, str(bundle.version)), [inp], model_version=str(bundle.version))
         if i >= 50:
             tlat.append(time.perf_counter() - t)
     client.close()
@@ -353,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     triton_pid = supervisor.status(service_module("triton").build_spec(settings)).pid
     features = load_feature_set(get_usecase("flights_eta", settings.usecases_path))
     name, version = model_version(settings, features)
+    from pipelines.deploy.package import package_version, place_and_load
+
+    # The API serves what the deployment loaded into Triton.
+    place_and_load(settings, get_usecase("flights_eta", settings.usecases_path),
+                   package_version(settings, name, version).path)
     flights = real_flights(settings)
     ensure_features(settings, features, backends, flights)
     log(f"model {name} v{version}; {len(flights)} real flights; load average {os.getloadavg()[0]:.1f}")

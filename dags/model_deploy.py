@@ -5,7 +5,8 @@ Take a registered model version to traffic, judged as it goes (Michelangelo's de
 analysis, shadow and A/B):
 
 1. **resolve**: the version to deploy, from the triggering `models.production` event (a champion just promoted
-   by `model_train`'s rules) or from the trigger form (`usecase`, `version`, `strategy`, `overrides`).
+   by `model_train`'s rules; skipped where `deploy.auto_deploy` is off) or from the trigger form (`usecase`,
+   `version`, `strategy`, `overrides`).
 2. **rollout** (`pipelines.deploy.rollout.deploy`): package the version's artifact (ZIP: model, feature-spec
    hash, calibration, fallback, Triton config, golden rows, checksums, manifest; kept with the MLflow version),
    verify it against the serving use case, place it in Triton's model repository, load it beside the version
@@ -27,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from plugins.assets import model_production
 from plugins.notifiers.alert import AtelierAlertNotifier
@@ -61,6 +63,7 @@ with DAG(
         from pipelines.deploy.rollout import model_name
         from pipelines.models.registry import resolve_version
 
+        settings = get_settings()
         usecase, version = params["usecase"], params.get("version")
         for events in (triggering_asset_events or {}).values():
             for event in events:
@@ -68,9 +71,12 @@ with DAG(
                 if extra.get("usecase") in USECASES and extra.get("version"):
                     usecase, version = extra["usecase"], str(extra["version"])
                     print(f"triggered by models.production: {extra}")
+                    if not settings.deploy.auto_deploy:
+                        raise AirflowSkipException(f"{extra['model']} v{version} reached production, but "
+                                                   "deploy.auto_deploy is off in this profile: deploy it "
+                                                   "manually (trigger this DAG with its version)")
         if usecase not in USECASES:
             raise ValueError(f"usecase {usecase!r} is not one of {USECASES}")
-        settings = get_settings()
         ref = resolve_version(settings, model_name(settings, usecase), alias=None if version else "champion",
                               version=version or None)
         return {"usecase": usecase, "version": ref.version, "strategy": params.get("strategy"),

@@ -229,19 +229,82 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     trigger_and_wait(settings, "batch_predict", {"usecase": usecase.name, "start": DEMO_FEATURE_WINDOW[0],
                                                  "end": DEMO_FEATURE_WINDOW[1]})
     _print_batch(settings, usecase)
-    print("7. online predictions: the prediction API (online features, Triton, intervals) for real flights")
+    print("7. deployment: model_deploy through Airflow (package -> verify -> load beside -> golden check -> "
+          "rollout: direct for a first deployment, else a canary judged on live traffic) while the API answers")
+    _demo_deploy(settings, usecase)
+    print("8. online predictions: the prediction API (online features, Triton, intervals) for real flights")
     from serving.demo import run_demo_requests
 
     print(run_demo_requests(settings))
-    print("8. the feedback loop: the week replayed through the API on its simulated clock (features written as "
+    print("9. the feedback loop: the week replayed through the API on its simulated clock (features written as "
           "they became known, outcomes 2 h after landing), then monitoring_feedback through Airflow")
     _demo_feedback(settings, usecase)
-    print("9. where things are")
+    print("10. where things are")
     supervisor = Supervisor(settings.run_dir)
     for service in managed_services(settings):
         status = supervisor.status(service.build_spec(settings))
         print(f"  {status.name:<10} {status.state:<9} {status.detail}")
     print(f"done in {time.monotonic() - started:.0f} s. Services keep running; stop them with `make down`.")
+
+
+# Short bakes so the demo's canary takes about a minute (deployment.yaml's are minutes per step).
+DEMO_DEPLOY_OVERRIDES = {"canary.steps": [20, 50, 100], "canary.bake_s": 15, "canary.min_requests": 60,
+                         "canary.max_bake_s": 90, "canary.check_every_s": 5, "analysis.min_requests": 50}
+
+
+def _demo_deploy(settings: Settings, usecase) -> None:
+    import threading
+    from collections import Counter
+
+    import httpx
+
+    from pipelines.deploy.rollout import history
+    from serving.demo import _flights, api_spec
+
+    spec = api_spec(settings)
+    supervisor = Supervisor(settings.run_dir)
+    try:
+        spec.health()
+        started_here = False
+    except OSError:
+        started_here = True
+        supervisor.up(spec)
+    headers = {"Authorization": f"Bearer {os.environ.get('ATELIER_API_TOKEN', '')}"} if settings.api.auth_required else {}
+    rows = [f["request"] for f in _flights(settings, 200)]
+    statuses: Counter = Counter()
+    versions: Counter = Counter()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=_api_base(settings), headers=headers, timeout=10) as client:
+            i = 0
+            while not stop.is_set():
+                try:
+                    r = client.post("/v1/predict", json=rows[i % len(rows)], headers={"X-Request-Id": f"demo-deploy-{i}"})
+                    statuses[r.status_code] += 1
+                    if r.status_code == 200:
+                        a = r.json()
+                        versions[(a["model"]["version"], a["model"]["runtime"], a["routing"]["version"])] += 1
+                except httpx.HTTPError:
+                    statuses["transport error"] += 1
+                i += 1
+                time.sleep(0.01)
+
+    worker = threading.Thread(target=traffic, daemon=True)
+    worker.start()
+    try:
+        trigger_and_wait(settings, "model_deploy", {"usecase": usecase.name, "overrides": DEMO_DEPLOY_OVERRIDES})
+    finally:
+        stop.set()
+        worker.join(30)
+        if started_here:
+            supervisor.down(spec)
+    latest = history(settings, usecase.name, limit=1)
+    if latest:
+        _print_rollout(latest[0])
+    failed = sum(n for k, n in statuses.items() if k != 200)
+    print(f"  {sum(statuses.values()):,} requests during the deployment, {failed} failed; answered by (version, "
+          "runtime, routing version): " + ", ".join(f"{k}: {n}" for k, n in sorted(versions.items())))
 
 
 def _demo_feedback(settings: Settings, usecase) -> None:

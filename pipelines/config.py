@@ -131,6 +131,11 @@ class DeploySettings(_Section):
                            "before it is unloaded from Triton (in-flight requests finish)")
     webhook_url: str | None = Field(None, description="rollout alerts are POSTed here as JSON (besides the "
                                     "log); None = log only")
+    auto_deploy: bool = Field(True, description="a models.production event (a champion promoted by the "
+                              "rules) starts model_deploy's rollout; False: such runs end skipped, manual "
+                              "deployments only")
+    runtime: Literal["python", "fil"] = Field("python", description="Triton backend of packaged models: "
+                                              "python (this machine) or fil (the cluster's Triton image)")
     golden_rows: int = Field(64, ge=1, le=10_000, description="holdout rows of the golden check")
 
 

@@ -115,6 +115,14 @@ class TritonModel:
             raise TritonUnavailable("error", "Triton answered without the expected output")
         return out.reshape(-1).astype(np.float64)
 
+    async def warm(self, rounds: int = 3) -> None:
+        """Open the connections concurrent calls will use (``max_concurrent`` calls at once, a few times), so no
+        request pays a connection set-up; failures are ignored (readiness reports them)."""
+        row = np.zeros((1, self.n_features), dtype=np.float32)
+        for _ in range(rounds):
+            await asyncio.gather(*(self._call(row, 5.0) for _ in range(self.max_concurrent)),
+                                 return_exceptions=True)
+
     async def ready(self, timeout_s: float = 1.0) -> bool:
         try:
             async with asyncio.timeout(timeout_s):

@@ -4,8 +4,9 @@ Per use case (:class:`UseCaseRuntime`): the spec-derived request schema and the 
 :class:`ServedVersion` (the registry version's bundle, which carries the calibration, the training ranges and
 the fallback; its feature resolver; its Triton client, pinned to that version's Triton model). Which versions
 serve, with which role and weight, is the use case's routing table (:mod:`pipelines.deploy.routing`), followed
-every ``deploy.routing_poll_s`` without a restart; without a table the API serves ``api.models`` (a pinned
-version) or the ``api.model_alias`` version. The API never writes model repositories: the deployment
+every ``deploy.routing_poll_s`` without a restart; without a table the API serves the ``api.model_alias``
+version, and a version pinned in ``api.models`` (``name:version``, an operator's override) is served whatever
+the table says. The API never writes model repositories: the deployment
 (:mod:`pipelines.deploy`, DAG ``model_deploy``) loads versions into Triton before routing traffic to them.
 
 Every answer names exactly one model version and one routing version (``routing``); a shadow version scores a
@@ -296,7 +297,10 @@ class PredictionService:
         return sv
 
     async def _follow_routing(self, rt: UseCaseRuntime) -> None:
-        """Apply the use case's routing table when it changed: load the versions it names first, then switch."""
+        """Apply the use case's routing table when it changed: load the versions it names first, then switch.
+        A version pinned in ``api.models`` (``name:version``) is an operator's override: no table applies."""
+        if rt.model_version is not None:
+            return
         path = self.routing.current_path(rt.name)
         try:
             st = path.stat()
@@ -371,10 +375,11 @@ class PredictionService:
             await self._warm_up(sv)
 
     async def _warm_up(self, sv: ServedVersion) -> None:
-        """One call on a fresh connection, so the first request does not pay the connection set-up."""
+        """Open as many connections as calls may run at once (a few concurrent calls, a few times), so no
+        request pays a connection set-up: a version a canary step starts sending traffic to would otherwise
+        show it in its tail latency."""
         assert sv.triton is not None
-        with contextlib.suppress(Exception):
-            await sv.triton.predict(np.zeros((1, sv.triton.n_features), dtype=np.float32), 5.0)
+        await sv.triton.warm()
 
     async def _check_store(self) -> None:
         rt = next(iter(self.runtimes.values()))

@@ -459,6 +459,10 @@ def _segment_values(frame: pd.DataFrame, column: str, cfg: AnalysisConfig) -> li
     return list(order.index[: cfg.max_segments])
 
 
+GLOBAL_CHECKS = 7  # latency p95 and p99 + the five slice checks
+SEGMENT_CHECKS = 5
+
+
 def _explain(check: Check) -> str:
     return f"{check.name} [{check.segment}]: {check.reason}"
 
@@ -471,8 +475,10 @@ def judge_window(frame: pd.DataFrame, cfg: AnalysisConfig) -> Judgement:
     Globally: latency p95 and p99, error rate, fallback rate, prediction shift, online MAE and coverage. Per
     segment column, for its ``max_segments`` most frequent values with ``min_segment_requests`` rows in both
     arms: everything but latency (latency is an infrastructure property, and tail quantiles of small slices
-    are noise). The segment checks use ``alpha / m``, ``m`` the number of segment slices judged (Bonferroni),
-    so fifty airports do not make fifty chances of a false failure.
+    are noise). The judgement's false-failure rate is held at ``alpha`` as a whole (Bonferroni): half of it
+    is shared by the global checks, the other half by every segment check (``alpha / 2 / m``, ``m`` the
+    segment checks judged), so fifty airports and seven kinds of check do not make hundreds of chances of
+    rolling back a good version. A regression big enough to matter still fails far below these levels.
 
     Verdict: any check FAIL -> FAIL; else PASS when the global latency (p95, p99), error_rate, fallback_rate
     and prediction_shift all pass (online MAE / coverage may still be inconclusive, as outcomes arrive late,
@@ -484,13 +490,14 @@ def judge_window(frame: pd.DataFrame, cfg: AnalysisConfig) -> Judgement:
     if unknown_arms:
         raise ValueError(f"unknown arms {sorted(map(str, unknown_arms))}: expected primary / candidate")
     p, c = frame[frame["arm"] == "primary"], frame[frame["arm"] == "candidate"]
-    checks = [latency_check(p["latency_ms"], c["latency_ms"], cfg, ALL, 0.95),
-              latency_check(p["latency_ms"], c["latency_ms"], cfg, ALL, 0.99),
-              *_slice_checks(p, c, cfg, ALL)]
-
     slices = [(column, value) for column in cfg.segments for value in _segment_values(frame, column, cfg)]
+    share = 2.0 if slices else 1.0
+    global_cfg = cfg.model_copy(update={"alpha": cfg.alpha / share / GLOBAL_CHECKS})
+    checks = [latency_check(p["latency_ms"], c["latency_ms"], global_cfg, ALL, 0.95),
+              latency_check(p["latency_ms"], c["latency_ms"], global_cfg, ALL, 0.99),
+              *_slice_checks(p, c, global_cfg, ALL)]
     if slices:
-        seg_cfg = cfg.model_copy(update={"alpha": cfg.alpha / len(slices)})
+        seg_cfg = cfg.model_copy(update={"alpha": cfg.alpha / share / (len(slices) * SEGMENT_CHECKS)})
         for column, value in slices:
             in_p, in_c = p[p[column] == value], c[c[column] == value]
             checks.extend(_slice_checks(in_p, in_c, seg_cfg, f"{column}={value}"))

@@ -111,7 +111,7 @@ def _artifact_file(settings: Settings, model: str, version: str, runtime: str) -
     return settings.artifacts_path / model / f"{triton_name(model, version)}-{runtime}.zip"
 
 
-def package_version(settings: Settings, model: str, version: str, *, runtime: str = "python",
+def package_version(settings: Settings, model: str, version: str, *, runtime: str | None = None,
                     model_source: str | None = None, rebuild: bool = False) -> Artifact:
     """The version's artifact: reused when already built (same bundle), else built, kept and logged to MLflow.
 
@@ -119,6 +119,7 @@ def package_version(settings: Settings, model: str, version: str, *, runtime: st
     deliberately slow version)."""
     from pipelines.models.registry import client, load_bundle, mlflow_errors, resolve_version
 
+    runtime = runtime or settings.deploy.runtime
     bundle = load_bundle(settings, model, version=version)
     name = triton_name(model, version)
     out = _artifact_file(settings, model, version, runtime)

@@ -196,7 +196,7 @@ class _Rollout:
 
 def deploy(settings: Settings, usecase: str, version: str | int, *, strategy: str | None = None,
            overrides: dict[str, Any] | None = None, by: str = "atelier", rollout_id: str | None = None,
-           runtime: str = "python", model_source: str | None = None, artifact: Path | None = None,
+           runtime: str | None = None, model_source: str | None = None, artifact: Path | None = None,
            done: Callable[[], bool] | None = None, sleep: Callable[[float], None] = time.sleep,
            alert: bool = True) -> RolloutResult:
     """Deploy ``version`` of the use case's model (see the module doc). A re-run of a finished ``rollout_id``
@@ -242,7 +242,7 @@ def deploy(settings: Settings, usecase: str, version: str | int, *, strategy: st
             stray = [r for r in table.routes if r.role != "primary" and r.version != version]
             if stray:
                 ro.route([table.primary], "routes of an interrupted rollout removed", strategy="direct")
-        return _run(ro, table, runtime, model_source, artifact)
+        return _run(ro, table, runtime or settings.deploy.runtime, model_source, artifact)
     finally:
         lock.release()
 
@@ -364,7 +364,9 @@ def _canary(ro: _Rollout, table: RoutingTable) -> RolloutResult:
             continue
         if verdict == FAIL:
             assert judgement is not None
-            reason = f"canary {pct:g}%: " + "; ".join(judgement.reasons[:4])
+            # The global findings first, then the segments'.
+            ordered = sorted(judgement.reasons, key=lambda text: "[all]" not in text)
+            reason = f"canary {pct:g}%: " + "; ".join(ordered[:4])
         elif n_candidate < spec.min_requests:
             reason = (f"canary {pct:g}%: only {n_candidate} candidate requests in {elapsed:.0f} s "
                       f"(min_requests {spec.min_requests})")

@@ -4,7 +4,8 @@ A rollout judges its candidate on the answers the API replicas log (``<log>/<use
 :class:`LogTail` reads only what was appended since its last poll (complete lines; a line still being
 written is read next time) from files written since the rollout started, keeping the few fields the judge
 needs. Outcomes the feedback loop receives (``<outcomes>/<usecase>/date=*/*.jsonl``, keyed by the label's
-keys) are joined when present: absolute error and interval coverage per answer.
+keys) are joined when present: absolute error and interval coverage per answer. Outcome folders are read for
+the days the answers' clocks (``as_of``) fall on and the three days after (labels arrive late).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +56,21 @@ class LogTail:
     _offsets: dict[Path, int] = field(default_factory=dict)
     _outcomes: dict[tuple[Any, ...], float] = field(default_factory=dict)
     _outcome_offsets: dict[Path, int] = field(default_factory=dict)
+    _days: set[date] = field(default_factory=set)
 
-    def _new_lines(self, folder: Path, offsets: dict[Path, int]) -> list[str]:
+    def _new_lines(self, folder: Path, offsets: dict[Path, int], days: set[date] | None = None) -> list[str]:
         floor = self.since.timestamp() - 5.0
         lines: list[str] = []
-        for path in sorted(folder.glob("date=*/*.jsonl")):
+        if days is None:
+            paths = sorted(folder.glob("date=*/*.jsonl"))
+        else:
+            paths = sorted(p for d in sorted(days) for p in (folder / f"date={d.isoformat()}").glob("*.jsonl"))
+        for path in paths:
             try:
                 st = path.stat()
             except FileNotFoundError:
                 continue
-            if st.st_mtime < floor:
+            if days is None and st.st_mtime < floor:
                 continue
             start = offsets.get(path, 0)
             if st.st_size <= start:
@@ -85,7 +91,8 @@ class LogTail:
                 self._add(json.loads(line))
             except (ValueError, KeyError, TypeError):
                 self.malformed += 1
-        for line in self._new_lines(self.outcome_dir, self._outcome_offsets):
+        days = {d + timedelta(days=k) for d in self._days for k in range(4)}
+        for line in self._new_lines(self.outcome_dir, self._outcome_offsets, days):
             try:
                 record = json.loads(line)
                 value = record[self.label]
@@ -99,6 +106,7 @@ class LogTail:
         logged = datetime.fromisoformat(r["logged_at"].replace("Z", "+00:00"))
         if logged < self.since:
             return
+        self._days.add(date.fromisoformat(str(r["as_of"])[:10]))
         routing = r.get("routing") or {}
         request = r.get("request") or {}
         interval = r.get("interval") or {}

@@ -1,0 +1,145 @@
+"""Model versions made for the deployment tests, registered for real in the test MLflow under their own
+registered model (so the rest of the suite's registry is untouched), and a bounded load generator.
+
+A variant is the trained model changed the way real regressions look: a constant bias (a label-unit bug),
+a bias in one segment only (learned on the features the API served, so the model itself is wrong there), a
+slower runtime (the python backend with 20 ms added per call), another feature spec.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from pipelines.models.bundle import ModelBundle
+
+TEST_MODEL = "flights_eta_deploytest"
+
+SLOW_MODEL_PY_PATCH = ("    def execute(self, requests):\n",
+                       "    def execute(self, requests):\n        import time\n        time.sleep(0.020)\n")
+
+
+def continue_training(bundle: ModelBundle, matrix: np.ndarray, delta: np.ndarray, rounds: int, depth: int) -> Any:
+    """The booster with ``rounds`` more trees that add ``delta`` to its raw output on ``matrix``'s rows."""
+    import xgboost
+
+    booster = bundle.booster.copy()
+    raw = booster.inplace_predict(matrix)
+    data = xgboost.DMatrix(matrix, label=raw + delta, feature_names=bundle.feature_names)
+    params = {"objective": "reg:squarederror", "eta": 1.0, "max_depth": depth, "lambda": 0.0,
+              "min_child_weight": 0.0, "nthread": 1, "tree_method": "hist", "max_bin": 1024}
+    return xgboost.train(params, data, num_boost_round=rounds, xgb_model=booster)
+
+
+def register_variant(settings: Any, base: ModelBundle, kind: str, folder: Path, *, booster: Any = None,
+                     spec_hash: str | None = None) -> str:
+    """Save ``base`` (or its ``booster`` replacement) as a bundle of ``TEST_MODEL`` and register it (alias
+    ``variant_<kind>``, as training registers a version); returns the registry version."""
+    from serving.testing import register_bundle
+
+    bundle = ModelBundle(**{**{k: getattr(base, k) for k in (
+        "usecase", "label", "feature_names", "feature_defaults", "calibration", "feature_ranges", "fallback",
+        "feature_spec_hash", "lineage", "offset_feature")}, "model_name": TEST_MODEL})
+    if spec_hash is not None:
+        bundle.feature_spec_hash = spec_hash
+    bundle.save(folder, booster if booster is not None else base.booster)
+    return register_bundle(settings, bundle, TEST_MODEL, alias=f"variant_{kind}").version
+
+
+class Load(threading.Thread):
+    """Bounded closed-loop load: ``workers`` sequential clients round-robin over the API replicas and the
+    request rows, each request with its own id; every status and answer kept."""
+
+    def __init__(self, urls: list[str], headers: dict[str, str], rows: list[dict], workers: int = 3) -> None:
+        super().__init__(daemon=True)
+        self.urls, self.headers, self.rows, self.workers = urls, headers, rows, workers
+        self.statuses: Counter = Counter()
+        self.answers: list[dict] = []
+        self.errors: list[str] = []
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    def _worker(self, w: int) -> None:
+        clients = [httpx.Client(base_url=u, headers=self.headers, timeout=10) for u in self.urls]
+        try:
+            i = w
+            while not self.stop_event.is_set():
+                with self._lock:
+                    self._seq += 1
+                    seq = self._seq
+                row = self.rows[seq % len(self.rows)]
+                client = clients[seq % len(clients)]
+                try:
+                    r = client.post("/v1/predict", json=row, headers={"X-Request-Id": f"load-{w}-{seq}"})
+                    with self._lock:
+                        self.statuses[r.status_code] += 1
+                        if r.status_code == 200:
+                            self.answers.append(r.json())
+                        else:
+                            self.errors.append(r.text[:300])
+                except httpx.HTTPError as exc:
+                    with self._lock:
+                        self.statuses["transport"] += 1
+                        self.errors.append(repr(exc))
+                i += 1
+        finally:
+            for c in clients:
+                c.close()
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._worker, args=(w,), daemon=True) for w in range(self.workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(60)
+
+    def failed(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status != 200)
+
+
+def flip_byte(src: Path, dst: Path, member: str) -> None:
+    """A copy of the artifact ZIP with one byte changed inside ``member``'s data (CRC and checksum break)."""
+    import zipfile
+
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as z:
+        info = z.getinfo(member)
+    header = info.header_offset
+    name_len = int.from_bytes(data[header + 26:header + 28], "little")
+    extra_len = int.from_bytes(data[header + 28:header + 30], "little")
+    start = header + 30 + name_len + extra_len
+    data[start + info.compress_size // 2] ^= 0xFF
+    dst.write_bytes(bytes(data))
+
+
+def served_matrix(log_dir: Path, feature_names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The feature rows the API served (from its prediction log) and each row's origin."""
+    rows, origins = [], []
+    for path in sorted(log_dir.rglob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            used = record["features_used"]
+            rows.append([np.nan if used.get(f) is None else float(used[f]) for f in feature_names])
+            origins.append(record["request"]["origin"])
+    return np.asarray(rows, dtype=np.float32), origins
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str, every_s: float = 0.02) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(every_s)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
