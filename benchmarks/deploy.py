@@ -47,7 +47,7 @@ MODEL = "flights_eta_deploy_bench"
 
 
 def register(settings: Any, base: Any, kind: str, folder: Path, delta: float = 0.0) -> str:
-    import xgboost
+    import numpy as np
 
     from pipelines.deploy.package import golden_inputs
     from pipelines.models.bundle import ModelBundle
@@ -55,11 +55,10 @@ def register(settings: Any, base: Any, kind: str, folder: Path, delta: float = 0
 
     booster = base.booster
     if delta:
+        from pipelines.deploy.drills import continue_training
+
         matrix = golden_inputs(settings, base, 500)
-        data = xgboost.DMatrix(matrix, label=booster.inplace_predict(matrix) + delta,
-                               feature_names=base.feature_names)
-        booster = xgboost.train({"objective": "reg:squarederror", "eta": 1.0, "max_depth": 1, "lambda": 0.0},
-                                data, num_boost_round=1, xgb_model=booster.copy())
+        booster = continue_training(base, matrix, np.full(len(matrix), delta))
     bundle = ModelBundle(**{**{k: getattr(base, k) for k in (
         "usecase", "label", "feature_names", "feature_defaults", "calibration", "feature_ranges", "fallback",
         "feature_spec_hash", "lineage", "offset_feature")}, "model_name": MODEL})

@@ -16,6 +16,7 @@
     atelier [--profile P] monitor metrics [--usecase U] [--from D] [--to D] [--segment S]   online metrics
     atelier [--profile P] deploy start --version N [--strategy canary|shadow|ab|direct] [--set K=V]   a rollout
     atelier [--profile P] deploy status|history|rollback [--usecase U] [--reason TEXT]   routing and rollouts
+    atelier [--profile P] deploy drill [--bias 60]   a biased copy of the serving version as a canary (rolled back)
     atelier [--profile P] demo                        the main job on embedded defaults
 """
 
@@ -292,19 +293,39 @@ def _demo_deploy(settings: Settings, usecase) -> None:
 
     worker = threading.Thread(target=traffic, daemon=True)
     worker.start()
+    drill = None
     try:
         trigger_and_wait(settings, "model_deploy", {"usecase": usecase.name, "overrides": DEMO_DEPLOY_OVERRIDES})
+        latest = history(settings, usecase.name, limit=1)
+        if latest:
+            _print_rollout(latest[0])
+        print("  drill: a copy of the serving version with every prediction 60 minutes late, as a canary under "
+              "the same traffic:")
+        drill = _drill(settings, usecase.name, 60.0, DEMO_DEPLOY_OVERRIDES)
     finally:
         stop.set()
         worker.join(30)
         if started_here:
             supervisor.down(spec)
-    latest = history(settings, usecase.name, limit=1)
-    if latest:
-        _print_rollout(latest[0])
+    if drill is not None:
+        _print_rollout(drill.to_dict())
     failed = sum(n for k, n in statuses.items() if k != 200)
-    print(f"  {sum(statuses.values()):,} requests during the deployment, {failed} failed; answered by (version, "
+    print(f"  {sum(statuses.values()):,} requests during the deployments, {failed} failed; answered by (version, "
           "runtime, routing version): " + ", ".join(f"{k}: {n}" for k, n in sorted(versions.items())))
+
+
+def _drill(settings: Settings, usecase: str, bias: float, overrides: dict[str, Any] | None = None):  # noqa: ANN202
+    """A biased copy of the serving version, registered and deployed as a canary (it should be rolled back)."""
+    from pipelines.deploy.drills import register_biased_copy
+    from pipelines.deploy.rollout import deploy, model_name, status
+
+    table = status(settings, usecase)["routing"]
+    if table is None:
+        raise CliError(f"{usecase} has no routing table: deploy a version first (atelier deploy start)")
+    primary = next(r["version"] for r in table["routes"] if r["role"] == "primary")
+    version = register_biased_copy(settings, model_name(settings, usecase), primary, bias,
+                                   by=f"cli:{os.environ.get('USER', 'user')}")
+    return deploy(settings, usecase, version, strategy="canary", overrides=overrides, by="drill")
 
 
 def _demo_feedback(settings: Settings, usecase) -> None:
@@ -580,6 +601,11 @@ def cmd_deploy(settings: Settings, args: argparse.Namespace) -> None:
             for item in rollout.history(settings, usecase, limit=args.limit):
                 print(f"{item['started_at'][:19]}  {item['rollout_id']:<40} v{item['candidate']:<5} "
                       f"{item['strategy']:<7} {item['status']:<12} {item.get('reason', '')[:120]}")
+        elif args.action == "drill":
+            result = _drill(settings, usecase, args.bias, _overrides(args.set))
+            _print_rollout(result.to_dict())
+            if result.status != "rolled_back":
+                raise CliError(f"the drill's biased version was not rolled back ({result.status}): {result.reason}")
         else:
             table = rollout.rollback(settings, usecase, reason=args.reason or "operator rollback",
                                      by=f"cli:{os.environ.get('USER', 'user')}")
@@ -661,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("deploy", help="deploy a model version (canary, shadow, A/B, direct), see or roll back")
-    p.add_argument("action", choices=["start", "status", "history", "rollback"])
+    p.add_argument("action", choices=["start", "status", "history", "rollback", "drill"])
     p.add_argument("--usecase")
     p.add_argument("--version", help="start: the registry version to deploy")
     p.add_argument("--strategy", choices=["canary", "shadow", "ab", "direct"],
@@ -671,6 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", help="start: deploy this artifact ZIP instead of packaging the version")
     p.add_argument("--reason", help="rollback: why (recorded in the audit trail)")
     p.add_argument("--limit", type=int, default=20, help="history: how many rollouts")
+    p.add_argument("--bias", type=float, default=60.0, help="drill: the shift of the biased copy (label units)")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("config", help="print the effective settings")

@@ -26,18 +26,6 @@ SLOW_MODEL_PY_PATCH = ("    def execute(self, requests):\n",
                        "    def execute(self, requests):\n        import time\n        time.sleep(0.020)\n")
 
 
-def continue_training(bundle: ModelBundle, matrix: np.ndarray, delta: np.ndarray, rounds: int, depth: int) -> Any:
-    """The booster with ``rounds`` more trees that add ``delta`` to its raw output on ``matrix``'s rows."""
-    import xgboost
-
-    booster = bundle.booster.copy()
-    raw = booster.inplace_predict(matrix)
-    data = xgboost.DMatrix(matrix, label=raw + delta, feature_names=bundle.feature_names)
-    params = {"objective": "reg:squarederror", "eta": 1.0, "max_depth": depth, "lambda": 0.0,
-              "min_child_weight": 0.0, "nthread": 1, "tree_method": "hist", "max_bin": 1024}
-    return xgboost.train(params, data, num_boost_round=rounds, xgb_model=booster)
-
-
 def register_variant(settings: Any, base: ModelBundle, kind: str, folder: Path, *, booster: Any = None,
                      spec_hash: str | None = None) -> str:
     """Save ``base`` (or its ``booster`` replacement) as a bundle of ``TEST_MODEL`` and register it (alias

@@ -21,7 +21,6 @@ from deploy_support import (
     SLOW_MODEL_PY_PATCH,
     TEST_MODEL,
     Load,
-    continue_training,
     flip_byte,
     register_variant,
     served_matrix,
@@ -30,6 +29,7 @@ from deploy_support import (
 from serving_fixtures import AS_OF, ApiServer
 
 from pipelines.config import load_settings
+from pipelines.deploy.drills import continue_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest_plugins = ["serving_fixtures"]
