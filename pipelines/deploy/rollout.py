@@ -423,7 +423,7 @@ def _shadow(ro: _Rollout, table: RoutingTable) -> RolloutResult:
                                   joined["abs_error_p"].to_numpy(dtype=np.float64),
                                   joined["abs_error_s"].to_numpy(dtype=np.float64), ro.spec.analysis)
         decision = comparison.verdict
-        figures = comparison.to_dict()
+        figures = {k: v for k, v in comparison.to_dict().items() if k != "verdict"}
     ro.step("shadow", "pass", decision, routing_version=written.version, collected_s=round(elapsed, 1), **figures)
     r.decision = decision
     ended = ro.route([Route(primary, "primary", 1.0), Route(r.candidate, "shadow", 0.0)], "shadow ended")

@@ -336,6 +336,30 @@ def test_two_replicas_apply_a_routing_change_within_a_second_and_rollback_under_
     assert {half.version, final.version} <= routing_versions
 
 
+def test_a_shadow_scores_copies_after_the_answers_and_is_never_returned(stack, dsettings, deploy_rows, env):
+    from pipelines.deploy.rollout import deploy
+
+    _, versions, _ = stack
+    primary = _routing(dsettings).primary.version
+    load = _load(stack, deploy_rows[0])
+    try:
+        result = deploy(dsettings, "flights_eta", versions["good2"], strategy="shadow", by="test",
+                        overrides={"shadow.duration_s": 6, "shadow.min_requests": 100})
+    finally:
+        load.stop()
+    assert result.status == "shadow_done", result.reason
+    shadow_step = next(s for s in result.steps if s["step"] == "shadow")
+    assert shadow_step["n"] >= 100 and shadow_step["mean_abs_divergence"] < 1e-6  # the same trees
+    assert shadow_step["n_outcomes"] >= 100 and result.decision == "no significant difference", shadow_step
+    _check_answers(load, {primary})  # a shadow never answers
+    logged = [json.loads(line) for path in Path(env["ATELIER__API__PREDICTION_LOG_DIR"]).rglob("*.jsonl")
+              for line in path.read_text().splitlines()]
+    shadows = [r for r in logged if r["route"] == "shadow" and r["model"]["version"] == versions["good2"]]
+    answered = {a["request_id"] for a in load.answers}
+    assert len(shadows) >= 100 and {r["request_id"] for r in shadows} <= answered
+    assert _routing(dsettings).primary.version == primary and len(_routing(dsettings).routes) == 1
+
+
 def test_ab_on_replayed_traffic_reports_srm_arm_maes_with_intervals_and_a_decision(stack, dsettings, env, spark,
                                                                                   tmp_path_factory, usecase):
     from datetime import date
