@@ -23,10 +23,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -253,14 +255,10 @@ DEMO_DEPLOY_OVERRIDES = {"canary.steps": [20, 50, 100], "canary.bake_s": 15, "ca
                          "canary.max_bake_s": 90, "canary.check_every_s": 5, "analysis.min_requests": 50}
 
 
-def _demo_deploy(settings: Settings, usecase) -> None:
-    import threading
-    from collections import Counter
-
-    import httpx
-
-    from pipelines.deploy.rollout import history
-    from serving.demo import _flights, api_spec
+@contextlib.contextmanager
+def _api_running(settings: Settings) -> Iterator[None]:
+    """The prediction API up for the block: the one already answering, else one started (and stopped) here."""
+    from serving.demo import api_spec
 
     spec = api_spec(settings)
     supervisor = Supervisor(settings.run_dir)
@@ -270,6 +268,22 @@ def _demo_deploy(settings: Settings, usecase) -> None:
     except OSError:
         started_here = True
         supervisor.up(spec)
+    try:
+        yield
+    finally:
+        if started_here:
+            supervisor.down(spec)
+
+
+def _demo_deploy(settings: Settings, usecase) -> None:
+    import threading
+    from collections import Counter
+
+    import httpx
+
+    from pipelines.deploy.rollout import history
+    from serving.demo import _flights
+
     headers = {"Authorization": f"Bearer {os.environ.get('ATELIER_API_TOKEN', '')}"} if settings.api.auth_required else {}
     rows = [f["request"] for f in _flights(settings, 200)]
     statuses: Counter = Counter()
@@ -291,22 +305,21 @@ def _demo_deploy(settings: Settings, usecase) -> None:
                 i += 1
                 time.sleep(0.01)
 
-    worker = threading.Thread(target=traffic, daemon=True)
-    worker.start()
     drill = None
-    try:
-        trigger_and_wait(settings, "model_deploy", {"usecase": usecase.name, "overrides": DEMO_DEPLOY_OVERRIDES})
-        latest = history(settings, usecase.name, limit=1)
-        if latest:
-            _print_rollout(latest[0])
-        print("  drill: a copy of the serving version with every prediction 60 minutes late, as a canary under "
-              "the same traffic:")
-        drill = _drill(settings, usecase.name, 60.0, DEMO_DEPLOY_OVERRIDES)
-    finally:
-        stop.set()
-        worker.join(30)
-        if started_here:
-            supervisor.down(spec)
+    with _api_running(settings):
+        worker = threading.Thread(target=traffic, daemon=True)
+        worker.start()
+        try:
+            trigger_and_wait(settings, "model_deploy", {"usecase": usecase.name, "overrides": DEMO_DEPLOY_OVERRIDES})
+            latest = history(settings, usecase.name, limit=1)
+            if latest:
+                _print_rollout(latest[0])
+            print("  drill: a copy of the serving version with every prediction 60 minutes late, as a canary "
+                  "under the same traffic:")
+            drill = _drill(settings, usecase.name, 60.0, DEMO_DEPLOY_OVERRIDES)
+        finally:
+            stop.set()
+            worker.join(30)
     if drill is not None:
         _print_rollout(drill.to_dict())
     failed = sum(n for k, n in statuses.items() if k != 200)
@@ -336,18 +349,9 @@ def _demo_feedback(settings: Settings, usecase) -> None:
     from pipelines.monitoring.replay import replay
     from pipelines.monitoring.report import metrics_frame, metrics_text
     from pipelines.spark import get_spark
-    from serving.demo import api_spec
 
-    spec = api_spec(settings)
-    supervisor = Supervisor(settings.run_dir)
-    try:
-        spec.health()
-        started_here = False
-    except OSError:
-        started_here = True
-        supervisor.up(spec)
     first, end = (date.fromisoformat(d) for d in DEMO_FEATURE_WINDOW)
-    try:
+    with _api_running(settings):
         deadline = time.monotonic() + 60
         while httpx.get(f"{_api_base(settings)}/readyz", timeout=5).status_code != 200:
             if time.monotonic() > deadline:
@@ -359,9 +363,6 @@ def _demo_feedback(settings: Settings, usecase) -> None:
                             token=os.environ.get("ATELIER_API_TOKEN") or None, progress=_print_replay_day)
         finally:
             spark.stop()
-    finally:
-        if started_here:
-            supervisor.down(spec)
     loop_s = sum(d.wall_s for d in result.days)
     print(f"  replayed {result.requests:,} requests in {result.wall_s:.0f} s, {loop_s:.0f} s of them sending "
           f"requests and writing features ({result.requests / max(loop_s, 1e-9):.0f} requests/s), the rest "

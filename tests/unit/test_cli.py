@@ -38,12 +38,24 @@ def test_config_prints_effective_settings():
      "--label-delay: 'soon' is not a duration"),
     (["replay", "--from", "2013-12-24", "--to", "2013-12-25", "--rate", "0"], {}, "--rate must be a positive"),
     (["monitor", "metrics"], {"ATELIER__LAKE__ROOT": "/nonexistent-lake"}, "no online metrics for use case"),
+    (["deploy", "start"], {}, "deploy start needs --version"),
+    (["deploy", "start", "--version", "1", "--set", "canary.bake_s"], {}, "--set takes key=value"),
+    (["deploy", "start", "--version", "1", "--set", "canary.steps=[50, 10]"], {}, "canary.steps: steps must increase"),
+    (["deploy", "rollback"], {"ATELIER__DEPLOY__ROUTING_DIR": "/nonexistent-routing"}, "has no routing table"),
+    (["deploy", "drill"], {"ATELIER__DEPLOY__ROUTING_DIR": "/nonexistent-routing"}, "has no routing table"),
 ])
 def test_user_mistakes_are_clear_errors(args, env, message):
     out = atelier(*args, env_extra=env)
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_deploy_status_without_a_routing_table(tmp_path):
+    out = atelier("deploy", "status", env_extra={"ATELIER__DEPLOY__ROUTING_DIR": str(tmp_path / "routing"),
+                                                 "ATELIER__HOME": str(tmp_path / "home")})
+    assert out.returncode == 0, out.stderr
+    assert "no routing table (nothing deployed through Atelier yet)" in out.stdout
 
 
 def test_status_of_stopped_services_in_a_fresh_home(tmp_path):
