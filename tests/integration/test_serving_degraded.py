@@ -185,23 +185,31 @@ def test_load_past_capacity_is_shed_with_429(sqlite_features, serving_model, tri
             assert r.headers["retry-after"] == "1" and r.json()["error"] == "overloaded"
 
 
-def test_model_missing_on_triton_then_redeployed(own_triton, sqlite_features, serving_model, real_flights, tmp_path):
+def test_model_missing_on_triton_then_loaded_again(own_triton, sqlite_features, serving_model, real_flights,
+                                                  tmp_path, settings, usecase):
     """The served version unloaded from Triton behind the API's back: flagged fallbacks (reason: Triton
-    refused), then the API's maintenance deploys and loads it again by itself."""
+    refused); once the deployment loads it again, the API finds it by itself (no restart)."""
     import tritonclient.http as httpclient
+
+    from pipelines.deploy.package import package_version, place_and_load
+    from pipelines.deploy.triton import triton_name
 
     overrides, _, _ = own_triton
     ref, _ = serving_model
     other = load_settings("test", environ={**os.environ, **overrides})
+    artifact = package_version(settings, ref.name, ref.version).path
+    place_and_load(other, usecase, artifact)
     api = ApiServer({**sqlite_features, **overrides, **model_env(ref), **BUDGET}, tmp_path / "log").start()
     traffic = Traffic(api, real_flights)
     client = httpclient.InferenceServerClient(other.triton.http_url)
+    name = triton_name(ref.name, ref.version)
     try:
         traffic.start()
         traffic.wait_for(lambda a: a["model"]["runtime"] == "triton", 60, "answer from Triton")
-        client.unload_model(ref.name)
+        client.unload_model(name)
         traffic.wait_for(lambda a: a["degraded"], 30, "fallback answer")
-        traffic.wait_for(lambda a: a["model"]["runtime"] == "triton" and not a["degraded"], 90, "redeployment")
+        place_and_load(other, usecase, artifact)
+        traffic.wait_for(lambda a: a["model"]["runtime"] == "triton" and not a["degraded"], 90, "recovery")
     finally:
         traffic.stopped.set()
         traffic.join(30)
@@ -210,4 +218,4 @@ def test_model_missing_on_triton_then_redeployed(own_triton, sqlite_features, se
     assert {status for status, _ in traffic.answers} == {200}
     reasons = {a["degraded_reasons"][0] for _, a in traffic.answers if a["degraded"]}
     assert reasons and all(r.startswith("fallback predictor answered: Triton") for r in reasons), reasons
-    assert any("refused" in r and ref.name in r for r in reasons), reasons
+    assert any("refused" in r and name in r for r in reasons), reasons
