@@ -205,7 +205,10 @@ def _recent_keys(settings: Settings, view, now, limit: int = 5) -> list[tuple]:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
+    from datetime import UTC, datetime
+
     started = time.monotonic()
+    demo_started = datetime.now(UTC).isoformat()
     usecase = get_usecase(args.usecase or _default_usecase(settings), settings.usecases_path)
     print(f"Atelier demo: profile '{settings.profile}', use case '{usecase.name}'")
     print("1. services")
@@ -234,7 +237,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     _print_batch(settings, usecase)
     print("7. deployment: model_deploy through Airflow (package -> verify -> load beside -> golden check -> "
           "rollout: direct for a first deployment, else a canary judged on live traffic) while the API answers")
-    _demo_deploy(settings, usecase)
+    _demo_deploy(settings, usecase, demo_started)
     print("8. online predictions: the prediction API (online features, Triton, intervals) for real flights")
     from serving.demo import run_demo_requests
 
@@ -275,7 +278,8 @@ def _api_running(settings: Settings) -> Iterator[None]:
             supervisor.down(spec)
 
 
-def _demo_deploy(settings: Settings, usecase) -> None:
+def _demo_deploy(settings: Settings, usecase, since: str) -> None:
+    """``since``: when the demo started (ISO, UTC): its rollouts are printed."""
     import threading
     from collections import Counter
 
@@ -311,9 +315,11 @@ def _demo_deploy(settings: Settings, usecase) -> None:
         worker.start()
         try:
             trigger_and_wait(settings, "model_deploy", {"usecase": usecase.name, "overrides": DEMO_DEPLOY_OVERRIDES})
-            latest = history(settings, usecase.name, limit=1)
-            if latest:
-                _print_rollout(latest[0])
+            # The champion's rollouts: the one its models.production event started (a first deployment is
+            # direct), then this trigger's.
+            for record in reversed(history(settings, usecase.name, limit=5)):
+                if record["started_at"] >= since:
+                    _print_rollout(record)
             print("  drill: a copy of the serving version with every prediction 60 minutes late, as a canary "
                   "under the same traffic:")
             drill = _drill(settings, usecase.name, 60.0, DEMO_DEPLOY_OVERRIDES)
