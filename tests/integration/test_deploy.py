@@ -349,9 +349,7 @@ def test_a_shadow_scores_copies_after_the_answers_and_is_never_returned(stack, d
         load.stop()
     assert result.status == "shadow_done", result.reason
     shadow_step = next(s for s in result.steps if s["step"] == "shadow")
-    # The same trees: the answers are identical, except where one side ran out of its Triton budget on a
-    # busy machine and the fallback answered.
-    assert shadow_step["n"] >= 100 and shadow_step["p95_divergence"] < 1e-6 and shadow_step["share_diverging"] < 0.01
+    assert shadow_step["n"] >= 100
     assert shadow_step["n_outcomes"] >= 100 and result.decision == "no significant difference", shadow_step
     _check_answers(load, {primary})  # a shadow never answers
     logged = [json.loads(line) for path in Path(env["ATELIER__API__PREDICTION_LOG_DIR"]).rglob("*.jsonl")
@@ -359,6 +357,13 @@ def test_a_shadow_scores_copies_after_the_answers_and_is_never_returned(stack, d
     shadows = [r for r in logged if r["route"] == "shadow" and r["model"]["version"] == versions["good2"]]
     answered = {a["request_id"] for a in load.answers}
     assert len(shadows) >= 100 and {r["request_id"] for r in shadows} <= answered
+    # The same trees: a shadow's answer equals the primary's, unless one of them ran out of its Triton budget
+    # on a busy machine and the fallback answered.
+    primaries = {r["request_id"]: r for r in logged if r["route"] == "primary"}
+    for r in shadows:
+        p = primaries[r["request_id"]]
+        if "fallback" not in (p["model"]["runtime"], r["model"]["runtime"]):
+            assert abs(p["prediction"]["arr_delay"] - r["prediction"]["arr_delay"]) < 1e-6, (p, r)
     assert _routing(dsettings).primary.version == primary and len(_routing(dsettings).routes) == 1
 
 
