@@ -40,6 +40,7 @@ from pipelines.training.trainer import (
     train_distributed,
     train_single,
 )
+from pipelines.usecases import SpecError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -210,6 +211,11 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
                                   importance=best.booster.get_score(importance_type="gain"),
                                   history=best.history, lineage=lineage, baselines=list(spec.evaluation.baselines))
             (out_dir / "segments.json").write_text(json.dumps(segments, indent=1))
+            # The drift reference: what the model learnt from and how it did on the holdout.
+            from pipelines.monitoring.reference import ARTIFACT_PATH, write_reference
+
+            reference = write_reference(out_dir / "reference", train, holdout, pred_hold, label.column,
+                                        intervals, _reference_rows(usecase, features))
             timings["evaluate_s"] = time.perf_counter() - started - timings["split_s"] - best.seconds
 
             # MLflow: params, metrics, artifacts, the model; registration last.
@@ -227,6 +233,7 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
             mlflow.log_artifact(str(usecase.path / "model.yaml"), "atelier/spec")
             mlflow.log_artifact(str(report), "atelier/report")
             mlflow.log_artifact(str(out_dir / "segments.json"), "atelier/report")
+            mlflow.log_artifacts(str(reference), ARTIFACT_PATH)
             if gx_summary:
                 mlflow.log_text(gx_summary, "atelier/lineage/training_set_validation.txt")
             mlflow.log_dict(lineage, "atelier/lineage/lineage.json")
@@ -294,6 +301,17 @@ def _champion_on_holdout(settings: Settings, c: Any, model_name: str, holdout: p
         return None
     predicted = champion.predict(champion.matrix(holdout))
     return {**error_metrics(actual, predicted), "version": float(champion.version or 0)}
+
+
+def _reference_rows(usecase: UseCase, features: FeatureSet) -> int:
+    """The monitoring spec's reference size, or the default when the use case has no monitoring."""
+    from pipelines.monitoring.drift_spec import load_monitoring_spec
+    from pipelines.monitoring.reference import DEFAULT_MAX_ROWS
+
+    try:
+        return load_monitoring_spec(usecase, features).reference_max_rows
+    except SpecError:
+        return DEFAULT_MAX_ROWS
 
 
 def _ensure_registered_model(c: Any, name: str, usecase: UseCase) -> None:
