@@ -41,7 +41,7 @@ def promotion_rules(usecase: UseCase, spec: ModelSpec) -> list[Rule]:
 def overrides_from_params(params: dict[str, Any]) -> dict[str, Any]:
     """Airflow params -> model spec overrides. Empty values mean "as the spec says"."""
     out: dict[str, Any] = {}
-    data = {k: params[k] for k in ("start", "end") if params.get(k)}
+    data = {k: params[k] for k in ("start", "end", "validation_days", "holdout_days") if params.get(k)}
     if data:
         out["data"] = data
     hyper = params.get("hyperparameters")
