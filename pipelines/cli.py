@@ -14,6 +14,8 @@
     atelier [--profile P] models retrain [--usecase U] [--why TEXT] [--params JSON]   a retrain request (Asset)
     atelier [--profile P] replay --usecase U --from D --to D [--rate N] [--label-delay 2h]   real traffic -> API
     atelier [--profile P] monitor metrics [--usecase U] [--from D] [--to D] [--segment S]   online metrics
+    atelier [--profile P] monitor findings [--usecase U] [--column C] [--segment S[=V]] [--severity L] [--day D]
+    atelier [--profile P] monitor incidents [--usecase U]   drift incidents (one retraining each)
     atelier [--profile P] deploy start --version N [--strategy canary|shadow|ab|direct] [--set K=V]   a rollout
     atelier [--profile P] deploy status|history|rollback [--usecase U] [--reason TEXT]   routing and rollouts
     atelier [--profile P] deploy drill [--bias 60]   a biased copy of the serving version as a canary (rolled back)
@@ -125,7 +127,7 @@ def _airflow_client(settings: Settings):
     return AirflowClient(f"http://{cfg.host}:{cfg.port}", os.environ.get("ATELIER_AIRFLOW_USER", ADMIN_USER), password)
 
 
-def trigger_and_wait(settings: Settings, dag_id: str, conf: dict) -> None:
+def trigger_and_wait(settings: Settings, dag_id: str, conf: dict) -> str:
     client = _airflow_client(settings)
     client.wait_for_dag(dag_id)
     run_id = client.trigger(dag_id, conf)
@@ -138,6 +140,7 @@ def trigger_and_wait(settings: Settings, dag_id: str, conf: dict) -> None:
         raise CliError(f"{dag_id} run {run_id} {result.state} (failed tasks: {', '.join(result.failed_tasks)}); "
                        f"task logs under {logs} and in the UI")
     print(f"  {dag_id} run {run_id} succeeded in {result.seconds:.0f} s")
+    return run_id
 
 
 def cmd_dags(settings: Settings, args: argparse.Namespace) -> None:
@@ -245,12 +248,45 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     print("9. the feedback loop: the week replayed through the API on its simulated clock (features written as "
           "they became known, outcomes 2 h after landing), then monitoring_feedback through Airflow")
     _demo_feedback(settings, usecase)
-    print("10. where things are")
+    print("10. drift monitoring: monitoring_drift through Airflow over the replayed week (indicators per column x "
+          "segment x statistic, thresholds learned from each one's history, Evidently report, alerts, retraining)")
+    _demo_drift(settings, usecase)
+    print("11. where things are")
     supervisor = Supervisor(settings.run_dir)
     for service in managed_services(settings):
         status = supervisor.status(service.build_spec(settings))
         print(f"  {status.name:<10} {status.state:<9} {status.detail}")
     print(f"done in {time.monotonic() - started:.0f} s. Services keep running; stop them with `make down`.")
+
+
+def _demo_drift(settings: Settings, usecase) -> None:
+    from pipelines.monitoring.alerts import run_result
+
+    run_id = trigger_and_wait(settings, "monitoring_drift", {"usecase": usecase.name,
+                                                             "start": DEMO_FEATURE_WINDOW[0],
+                                                             "end": DEMO_FEATURE_WINDOW[1]})
+    r = run_result(settings, usecase.name, run_id)
+    per_day = r["indicators"]
+    print(f"  {sum(per_day.values()):,} indicators over {len(per_day)} days ({min(per_day.values()):,}.."
+          f"{max(per_day.values()):,} a day), rows scanned: "
+          + ", ".join(f"{k} {v:,}" for k, v in sorted(r["rows_scanned"].items())))
+    totals: dict[str, int] = {}
+    for day in r["findings"].values():
+        for severity, n in day.items():
+            totals[severity] = totals.get(severity, 0) + n
+    print("  findings: " + (", ".join(f"{s} {totals[s]:,}" for s in ("high", "medium", "low") if s in totals)
+                            or "none") + " (atelier monitor findings --usecase " + usecase.name + ")")
+    for f in r["top_findings"][:6]:
+        print(f"    {f['day']} {f['severity']:<6} {f['message']}")
+    for inc in r["incidents"]:
+        print(f"  incident {inc['incident_id']} ({inc['findings']} finding(s)): {inc['reason']}")
+    for req in r["retrain"]:
+        print(f"  retrain.{usecase.name} emitted for {req['incident_id']}: window {req['params']['start']}.."
+              f"{req['params']['end']} (model_train runs on it)")
+    if not r["incidents"]:
+        print("  no incident: the served week looks like what the champion was trained on; no retraining")
+    for day, link in sorted(r["reports"].items()):
+        print(f"  Evidently report {day}: {link}")
 
 
 # Short bakes so the demo's canary takes about a minute (deployment.yaml's are minutes per step).
@@ -543,10 +579,23 @@ def cmd_monitor(settings: Settings, args: argparse.Namespace) -> None:
 
     usecase = args.usecase or _default_usecase(settings)
     try:
-        frame = metrics_frame(settings, usecase, start=args.from_, end=args.to, source=args.source)
-    except TableNotFound as exc:
+        if args.action == "findings":
+            from pipelines.monitoring.findings import findings_frame, findings_text
+
+            start, end = (args.day, args.day) if args.day else (args.from_, args.to)
+            frame = findings_frame(settings, usecase, start=start, end=end, column=args.column,
+                                   segment=None if args.segment == "all" else args.segment,
+                                   severity=args.severity, source=args.source_table, kind=args.kind)
+            print(findings_text(frame, limit=args.limit))
+        elif args.action == "incidents":
+            from pipelines.monitoring.findings import incidents_frame, incidents_text
+
+            print(incidents_text(incidents_frame(settings, usecase)))
+        else:
+            frame = metrics_frame(settings, usecase, start=args.from_, end=args.to, source=args.source)
+            print(metrics_text(frame, segment=args.segment, version=args.version))
+    except (TableNotFound, ValueError) as exc:
         raise CliError(str(exc)) from None
-    print(metrics_text(frame, segment=args.segment, version=args.version))
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -683,12 +732,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-drain", action="store_true", help="stop releasing outcomes at the end of --to")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("monitor", help="what the feedback loop measured")
-    p.add_argument("action", choices=["metrics"])
+    p = sub.add_parser("monitor", help="what the feedback loop and the drift monitor measured")
+    p.add_argument("action", choices=["metrics", "findings", "incidents"])
     p.add_argument("--usecase")
     p.add_argument("--from", dest="from_", help="first day (ISO date)")
     p.add_argument("--to", help="last day, inclusive (ISO date)")
-    p.add_argument("--segment", default="all", help="a segment of feedback.yaml (default: all)")
+    p.add_argument("--day", help="findings: one day (ISO date)")
+    p.add_argument("--segment", default="all", help="metrics: a segment of feedback.yaml (default: all); "
+                   "findings: a segment of monitoring.yaml or a value of it (carrier, carrier=B6)")
+    p.add_argument("--column", help="findings: a column (request.dep_delay, or just dep_delay)")
+    p.add_argument("--severity", default="medium", help="findings: the lowest severity shown (low, medium, high)")
+    p.add_argument("--kind", choices=["drift", "quality", "online"], help="findings: only this kind")
+    p.add_argument("--source-table", help="findings: only this source (served, outcomes, lake.<table>)")
+    p.add_argument("--limit", type=int, default=50, help="findings: at most this many lines")
     p.add_argument("--source", default="online", choices=["online", "batch"])
     p.add_argument("--version", help="only this model version")
     p.set_defaults(func=cmd_monitor)
