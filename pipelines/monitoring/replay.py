@@ -245,9 +245,12 @@ def prepare_store(store: Any, features: FeatureSet, *, clear: bool) -> None:
 def replay(settings: Settings, spark: SparkSession, usecase: str | UseCase, start: date, end: date, *,
            api_url: str, token: str | None = None, rate: float | None = None,
            label_delay: timedelta | None = None, concurrency: int = 4, reset: bool = True, drain: bool = True,
-           progress: Callable[[DayStats], None] | None = None) -> ReplayResult:
+           progress: Callable[[DayStats], None] | None = None,
+           request_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> ReplayResult:
     """Replay the days [start, end) through the API at ``api_url`` (see the module doc). Returns the counts.
 
+    ``request_hook`` sees (and may change) each request body before it is sent: fault injection, e.g. a
+    field that a buggy client stops sending for some of its requests (the outcome stays the real one).
     ``reset`` clears the use case's online views first (the store must hold no row from after ``start``,
     or requests would see the future); ``label_delay`` defaults to the spec's."""
     from pipelines.interface import outcome_key_columns, request_columns, required_request_columns
@@ -278,7 +281,7 @@ def replay(settings: Settings, spark: SparkSession, usecase: str | UseCase, star
                              now=t_start)
         return asyncio.run(_play(settings, spark, uc, features, spec, store, lake, t_start, t_end, delay, types,
                                  required, label, outcome_dir, api_url, token, concurrency, rate, drain, progress,
-                                 started))
+                                 started, request_hook))
     finally:
         store.close()
 
@@ -287,7 +290,8 @@ async def _play(settings: Settings, spark: SparkSession, uc: UseCase, features: 
                 store: Any, lake: Lake, t_start: datetime, t_end: datetime, delay: timedelta,
                 types: dict[str, str], required: list[str], label: Any, outcome_dir: Path, api_url: str,
                 token: str | None, concurrency: int, rate: float | None, drain: bool,
-                progress: Callable[[DayStats], None] | None, started: float) -> ReplayResult:
+                progress: Callable[[DayStats], None] | None, started: float,
+                request_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> ReplayResult:
     traffic = _Traffic(api_url, token, concurrency, rate)
     # The API re-checks its store every 2 s: views the replay just applied make it ready shortly.
     deadline = time.monotonic() + READY_WAIT_S
@@ -329,6 +333,8 @@ async def _play(settings: Settings, spark: SparkSession, uc: UseCase, features: 
                         stats.skipped_rows += 1
                         continue
                     body["usecase"] = uc.name
+                    if request_hook is not None:
+                        body = request_hook(body)
                     key = tuple(row[k] for k in label.keys)
                     at = _utc(row[spec.request_time])
                     seq += 1
