@@ -30,7 +30,9 @@ A run over an interval of days (the DAG ``monitoring_drift``: one day, or a back
    day (and each day an incident opened), under ``<home>/reports/<usecase>/drift/<day>/`` and logged to the
    serving version's MLflow run.
 
-Re-running an interval replaces exactly its days in every table and gives the same rows.
+Re-running an interval replaces exactly its days in every table: the same keys and the same values, except
+that quantiles (and the distances computed from them) agree only within the KLL sketches' rank error (their
+compaction is randomized).
 """
 
 from __future__ import annotations

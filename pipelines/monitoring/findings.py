@@ -15,6 +15,7 @@ __all__ = ["findings_frame", "findings_text", "incidents_frame", "incidents_text
 
 
 def _read(settings: Settings, name: str, start: str | None, end: str | None) -> pd.DataFrame:
+    import pandas as pd
     import pyarrow.dataset as ds
 
     lake = Lake(settings.lake_root)
@@ -22,6 +23,8 @@ def _read(settings: Settings, name: str, start: str | None, end: str | None) -> 
         raise TableNotFound(f"lake table '{name}' is not published yet: run the monitoring_drift DAG first")
     data = ds.dataset(lake.path(name), format="parquet", partitioning=ds.partitioning(flavor="hive"))
     frame = data.to_table().to_pandas()
+    if "day" not in frame:  # published with no partition yet (no finding, no incident)
+        return frame.assign(day=pd.Series(dtype=str))
     frame["day"] = frame["day"].astype(str)
     if start:
         frame = frame[frame["day"] >= start]
@@ -41,6 +44,8 @@ def findings_frame(settings: Settings, usecase: str, *, start: str | None = None
     if severity not in SEVERITY_NAMES[1:]:
         raise ValueError(f"severity: one of {', '.join(SEVERITY_NAMES[1:])}, got '{severity}'")
     frame = _read(settings, findings_table(usecase), start, end)
+    if frame.empty:
+        return frame
     level = SEVERITY_NAMES.index(severity)
     frame = frame[frame["severity"].map(SEVERITY_NAMES.index) >= level]
     if column:
