@@ -127,14 +127,14 @@ def _airflow_client(settings: Settings):
     return AirflowClient(f"http://{cfg.host}:{cfg.port}", os.environ.get("ATELIER_AIRFLOW_USER", ADMIN_USER), password)
 
 
-def trigger_and_wait(settings: Settings, dag_id: str, conf: dict) -> str:
+def trigger_and_wait(settings: Settings, dag_id: str, conf: dict, timeout_s: float = 900.0) -> str:
     client = _airflow_client(settings)
     client.wait_for_dag(dag_id)
     run_id = client.trigger(dag_id, conf)
     client.set_paused(dag_id, False)
     print(f"  triggered {dag_id} run {run_id}; waiting (follow it in the UI at "
           f"http://{settings.airflow.host}:{settings.airflow.port}/dags/{dag_id})")
-    result = client.wait_for_run(dag_id, run_id)
+    result = client.wait_for_run(dag_id, run_id, timeout_s=timeout_s)
     if result.state != "success":
         logs = settings.home_path / "airflow" / "logs"
         raise CliError(f"{dag_id} run {run_id} {result.state} (failed tasks: {', '.join(result.failed_tasks)}); "
@@ -262,9 +262,10 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
 def _demo_drift(settings: Settings, usecase) -> None:
     from pipelines.monitoring.alerts import run_result
 
+    # A new version's first run also profiles its training reference (minutes on 2 cores; then cached).
     run_id = trigger_and_wait(settings, "monitoring_drift", {"usecase": usecase.name,
                                                              "start": DEMO_FEATURE_WINDOW[0],
-                                                             "end": DEMO_FEATURE_WINDOW[1]})
+                                                             "end": DEMO_FEATURE_WINDOW[1]}, timeout_s=2400)
     r = run_result(settings, usecase.name, run_id)
     per_day = r["indicators"]
     print(f"  {sum(per_day.values()):,} indicators over {len(per_day)} days ({min(per_day.values()):,}.."
