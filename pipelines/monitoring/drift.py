@@ -504,28 +504,6 @@ def _judge(ind: pd.DataFrame, history: _History, weekday: int, spec: MonitoringS
     return out
 
 
-def _online_findings(ind: pd.DataFrame, spec: MonitoringSpec) -> list[dict[str, Any]]:
-    """Fixed online-error rules on the outcomes source (overall)."""
-    out = []
-    overall = ind[(ind["source"] == OUTCOMES) & (ind["segment"] == "all")]
-    rows = overall.set_index(["column", "statistic"])
-    labelled = rows["n_rows"].get((f"{OUTCOME_PREFIX}abs_error", "mean"))
-    if labelled is None or labelled < spec.online.min_labelled:
-        return out
-    mae = rows["value"].get((f"{OUTCOME_PREFIX}abs_error", "mean"))
-    if spec.online.mae_max is not None and mae is not None and mae > spec.online.mae_max:
-        out.append({"column": f"{OUTCOME_PREFIX}abs_error", "statistic": "mean", "severity": 3, "value": mae,
-                    "baseline": spec.online.mae_max, "kind": "online",
-                    "message": f"online MAE {mae:.2f} above the spec's bound {spec.online.mae_max:g} "
-                               f"({int(labelled):,} labelled predictions)"})
-    cov = rows["value"].get((f"{OUTCOME_PREFIX}covered_90", "mean"))
-    if spec.online.coverage_min is not None and cov is not None and cov < spec.online.coverage_min:
-        out.append({"column": f"{OUTCOME_PREFIX}covered_90", "statistic": "mean", "severity": 2, "value": cov,
-                    "baseline": spec.online.coverage_min, "kind": "online",
-                    "message": f"90% interval coverage {cov:.3f} below {spec.online.coverage_min:g}"})
-    return out
-
-
 def _message(r: Any) -> str:
     where = "overall" if r.segment == "all" else f"{r.segment}={r.segment_value}"
     base = "" if r.baseline is None or np.isnan(r.baseline) else f", baseline {r.baseline:.4g}"
