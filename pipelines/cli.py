@@ -170,7 +170,7 @@ DEMO_FEATURE_WINDOW = ("2013-12-24", "2013-12-31")
 def _print_online_sample(settings: Settings, usecase) -> None:
     from pipelines.featurestore.materialize import online_view_name
     from pipelines.featurestore.spec import load_feature_set
-    from pipelines.jobs.features import parse_time
+    from pipelines.jobs.common import parse_time
     from pipelines.stores.online import get_online_store
 
     features = load_feature_set(usecase)

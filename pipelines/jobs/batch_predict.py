@@ -10,8 +10,7 @@ Spark starts: a bad one exits 2 with ``ATELIER JOB FAILED: ...`` naming what is 
 
 from __future__ import annotations
 
-from pipelines.jobs.common import base_parser, context, log, run_job
-from pipelines.jobs.features import parse_time
+from pipelines.jobs.common import base_parser, context, log, parse_time, run_job
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 
 from pipelines.config import ConfigError, Settings, load_settings
 from pipelines.usecases import SpecError, UseCase, get_usecase
@@ -19,6 +20,32 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--usecase", required=True, help="use case name (a folder under usecases_dir)")
     parser.add_argument("--run-id", required=True, help="the orchestrator's run id; outputs are keyed by it")
     return parser
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """ISO date or timestamp; naive values are UTC."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"'{text}' is not an ISO date or timestamp (e.g. 2013-12-01 or 2013-12-01T00:00:00Z)") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def add_day_interval(parser: argparse.ArgumentParser) -> None:
+    """``--start``/``--end`` of a job that works on whole days (the DAG's data interval)."""
+    parser.add_argument("--start", required=True, help="interval start (inclusive), ISO date, UTC")
+    parser.add_argument("--end", required=True, help="interval end (exclusive), ISO date, UTC")
+
+
+def day_interval(args: argparse.Namespace) -> tuple[date, date]:
+    """The days ``[start, end)`` of :func:`add_day_interval`'s arguments; an empty interval is refused."""
+    start, end = parse_time(args.start), parse_time(args.end)
+    assert start is not None and end is not None  # required arguments
+    if start.date() >= end.date():
+        raise ValueError(f"empty interval: --start {args.start} is not a day before --end {args.end}")
+    return start.date(), end.date()
 
 
 def context(args: argparse.Namespace) -> tuple[Settings, UseCase]:

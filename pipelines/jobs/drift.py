@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 
-from pipelines.jobs.common import base_parser, context, log, run_job
-from pipelines.jobs.features import parse_time
+from pipelines.jobs.common import add_day_interval, base_parser, context, day_interval, log, run_job
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("step", choices=["run"])
-    parser.add_argument("--start", required=True, help="interval start (inclusive), ISO date, UTC")
-    parser.add_argument("--end", required=True, help="interval end (exclusive), ISO date, UTC")
+    add_day_interval(parser)
     parser.add_argument("--no-report", action="store_true", help="skip the Evidently report")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     args = parser.parse_args(argv)
@@ -24,13 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.spark import get_spark
 
     settings, usecase = context(args)
-    start, end = parse_time(args.start), parse_time(args.end)
-    assert start is not None and end is not None
-    if start.date() >= end.date():
-        raise ValueError(f"empty interval: --start {args.start} is not a day before --end {args.end}")
+    start, end = day_interval(args)
     spark = get_spark(settings, f"atelier-drift-{usecase.name}")
     try:
-        result = run_drift(spark, settings, usecase, start.date(), end.date(), args.run_id,
+        result = run_drift(spark, settings, usecase, start, end, args.run_id,
                            report=not args.no_report, log_to_mlflow=False if args.no_mlflow else None)
         print(result.to_text(), flush=True)
         log.info("drift %s", json.dumps({k: v for k, v in result.to_dict().items() if k != "top_findings"},

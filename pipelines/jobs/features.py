@@ -9,20 +9,8 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
-from pipelines.jobs.common import base_parser, context, log, run_job
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """ISO date or timestamp; naive values are UTC."""
-    if not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"'{text}' is not an ISO date or timestamp (e.g. 2013-12-01 or 2013-12-01T00:00:00Z)") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+from pipelines.jobs.common import base_parser, context, log, parse_time, run_job
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,38 +8,33 @@ from __future__ import annotations
 
 import json
 
-from pipelines.jobs.common import base_parser, context, log, run_job
-from pipelines.jobs.features import parse_time
+from pipelines.jobs.common import add_day_interval, base_parser, context, day_interval, log, run_job
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("step", choices=["run", "served-skew"])
-    parser.add_argument("--start", required=True, help="interval start (inclusive), ISO date, UTC")
-    parser.add_argument("--end", required=True, help="interval end (exclusive), ISO date, UTC")
+    add_day_interval(parser)
     parser.add_argument("--no-mlflow", action="store_true", help="do not log online metrics to MLflow")
     args = parser.parse_args(argv)
 
     from pipelines.spark import get_spark
 
     settings, usecase = context(args)
-    start, end = parse_time(args.start), parse_time(args.end)
-    assert start is not None and end is not None
-    if start.date() >= end.date():
-        raise ValueError(f"empty interval: --start {args.start} is not a day before --end {args.end}")
+    start, end = day_interval(args)
     spark = get_spark(settings, f"atelier-feedback-{args.step}-{usecase.name}")
     try:
         if args.step == "run":
             from pipelines.monitoring.feedback import run_feedback
 
-            result = run_feedback(spark, settings, usecase, start.date(), end.date(), args.run_id,
+            result = run_feedback(spark, settings, usecase, start, end, args.run_id,
                                   log_to_mlflow=False if args.no_mlflow else None)
             print(result.to_text(), flush=True)
             log.info("feedback %s", json.dumps(result.to_dict(), default=str))
         else:
             from pipelines.monitoring.feedback import check_served_skew
 
-            report = check_served_skew(spark, settings, usecase, start.date(), end.date(), args.run_id)
+            report = check_served_skew(spark, settings, usecase, start, end, args.run_id)
             print(report.to_text() if report is not None else "no served predictions in the interval: nothing "
                   "to check", flush=True)
     finally:
