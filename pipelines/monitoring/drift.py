@@ -311,17 +311,21 @@ def _reference_profiles(spark: SparkSession, settings: Settings, usecase: UseCas
     cache = folder / "profiles"
     key = json.dumps({"segments": {k: v.model_dump() for k, v in spec.segments.items()},
                       "crosses": spec.crosses, "min_rows": spec.min_rows, "trailing": spec.trailing_days,
-                      "window": spec.anomaly.window_days, "ranks": len(drift_stats.RANKS), "code": 2}, sort_keys=True)
+                      "window": spec.anomaly.window_days, "ranks": len(drift_stats.RANKS), "code": 3}, sort_keys=True)
     if (cache / "key.json").exists() and (cache / "key.json").read_text() == key:
         return pd.read_parquet(cache / "whole.parquet"), pd.read_parquet(cache / "history.parquet")
     feats, preds = _reference_frames(spark, folder, features, request_num + request_cat)
-    # The features come from the training split, the prediction and outcome columns from the holdout.
-    pred_cols = ["day", "prediction", "width_90", *[f"{REQUEST_PREFIX}{c}" for c in request_num + request_cat],
+    # The features come from the training split as serving would have given them, with the model's predictions
+    # on them (a reference written before predictions were stored there: the holdout's); the outcome columns
+    # from the holdout. Interval widths have no reference: recalibration from the outcomes changes them on
+    # purpose (they are judged against their own history).
+    pred_cols = ["day", "prediction", *[f"{REQUEST_PREFIX}{c}" for c in request_num + request_cat],
                  *[s.column for s in spec.segments.values()]]
     pred_frame = preds.select(*[F.col(f"`{c}`") for c in dict.fromkeys(pred_cols) if c in preds.columns])
     served_feats = _model_sources(feats, None, spec, request_num, request_cat, list(features.feature_names))[0]
     served_preds = _model_sources(pred_frame, preds, spec, request_num, request_cat, [])
-    sources = [served_feats, *served_preds]
+    # Predictions stored with the features are profiled with them: the holdout gives the outcomes only.
+    sources = [served_feats, served_preds[1]] if "prediction" in feats.columns else [served_feats, *served_preds]
     daily = _profile(sources, spec)
     assert daily is not None
     daily = daily.cache()
@@ -493,10 +497,15 @@ def _judge(ind: pd.DataFrame, history: _History, weekday: int, spec: MonitoringS
     unseen = stat == "unseen_share"
     u = spec.quality.unseen_category_share
     severity = np.where(unseen, anomaly.fixed_severity(values, medium=u.medium, high=u.high), severity)
-    # Day-over-week changes are news (a rainy day, a holiday), not drift from what the model learnt: at most
-    # medium. Only the distances to the training reference can be high.
-    trail = np.char.endswith(stat.astype(str), "_trail")
-    severity = np.where(trail, np.minimum(severity, 2), severity)
+    # Day-over-week changes and one day against the training reference are news (a storm, a holiday), not a
+    # shift in what the model sees: at most medium (alerted on the day). A high drift is a complete week
+    # against the training reference.
+    news = np.char.endswith(stat.astype(str), "_trail") | np.char.endswith(stat.astype(str), "_ref_1d")
+    severity = np.where(news, np.minimum(severity, 2), severity)
+    # The outcomes' error distribution is compared with the holdout's (two weeks of the training window, few
+    # rows a segment): at most medium. What retrains on outcomes is the online error above the spec's bound.
+    if "source" in ind.columns:
+        severity = np.where((ind["source"].to_numpy() == OUTCOMES) & drift, np.minimum(severity, 2), severity)
     small = ind["n_rows"].to_numpy(float) < spec.min_rows_high
     severity = np.where(small, np.minimum(severity, 2), severity)
     out = ind.assign(severity=severity.astype(int), baseline=both.baseline, scale=both.scale, z=both.z,

@@ -1,7 +1,10 @@
 """The drift reference stored with a model at training time: what the model learnt from, and how it did.
 
     features.parquet      the training split's rows (features, the label, the request and key columns),
-                          sampled down to ``max_rows`` (seeded)
+                          sampled down to ``max_rows`` (seeded), as serving would have given them: a feature
+                          whose policy replaces a stale value by its default (``on_stale: use_default``) has
+                          the default where its view's row was older than the SLA at the row's time; and the
+                          model's prediction for each row (the served prediction distribution to expect)
     predictions.parquet   the holdout's rows with the model's predictions, intervals and errors
 
 Both are logged to the version's MLflow run under ``atelier/monitoring/reference``; the drift monitor
@@ -11,6 +14,7 @@ downloads them once per version into ``<home>/monitoring/<usecase>/reference/<mo
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +25,9 @@ from pipelines.config import Settings
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["ARTIFACT_PATH", "load_reference", "reference_dir", "write_reference"]
+    from pipelines.featurestore.spec import FeatureSet
+
+__all__ = ["ARTIFACT_PATH", "as_served", "load_reference", "reference_dir", "write_reference"]
 
 ARTIFACT_PATH = "atelier/monitoring/reference"
 DEFAULT_MAX_ROWS = 200_000
@@ -31,14 +37,43 @@ def _plain(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[[c for c in frame.columns if not c.endswith("__event_time")]]
 
 
+def as_served(frame: pd.DataFrame, features: FeatureSet, time_column: str) -> pd.DataFrame:
+    """``frame`` (point-in-time rows with their ``<view>__event_time``) with the serving policy applied: a
+    ``use_default`` feature is its default where the view's row was older than the feature's SLA at
+    ``time_column``. The training set keeps such a row's value up to the view's TTL; serving does not."""
+    import pandas as pd
+
+    out = frame.copy()
+    at = pd.to_datetime(out[time_column], utc=True)
+    for view in features.batch_views:
+        stamp = f"{view.name}__event_time"
+        if stamp not in out.columns:
+            continue
+        age = at - pd.to_datetime(out[stamp], utc=True)
+        for f in view.features:
+            if f.on_stale == "use_default" and f.sla is not None and f.name in out.columns:
+                out.loc[(age > f.sla).to_numpy(), f.name] = f.default
+    return out
+
+
 def write_reference(folder: Path, train: pd.DataFrame, holdout: pd.DataFrame, prediction: np.ndarray,
                     label: str, intervals: dict[float, tuple[np.ndarray, np.ndarray]],
-                    max_rows: int = DEFAULT_MAX_ROWS, seed: int = 7) -> Path:
-    """Write the two reference files into ``folder`` (replaced whole). Returns the folder."""
+                    max_rows: int = DEFAULT_MAX_ROWS, seed: int = 7, *,
+                    served: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                    predict: Callable[[pd.DataFrame], np.ndarray] | None = None) -> Path:
+    """Write the two reference files into ``folder`` (replaced whole). Returns the folder.
+
+    ``served`` turns training rows into the rows serving would have seen (:func:`as_served`); ``predict``
+    gives the model's predictions for such rows (stored as ``prediction`` in ``features.parquet``)."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     sample = train if len(train) <= max_rows else train.sample(n=max_rows, random_state=seed).sort_index()
-    _plain(sample).to_parquet(folder / "features.parquet", index=False)
+    if served is not None:
+        sample = served(sample)
+    sample = _plain(sample)
+    if predict is not None:
+        sample = sample.assign(prediction=predict(sample))
+    sample.to_parquet(folder / "features.parquet", index=False)
     held = _plain(holdout).copy()
     actual = held[label].to_numpy(np.float64)
     held["prediction"] = prediction

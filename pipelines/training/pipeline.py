@@ -212,10 +212,14 @@ def run_training(settings: Settings, usecase: UseCase, features: FeatureSet, spe
                                   history=best.history, lineage=lineage, baselines=list(spec.evaluation.baselines))
             (out_dir / "segments.json").write_text(json.dumps(segments, indent=1))
             # The drift reference: what the model learnt from and how it did on the holdout.
-            from pipelines.monitoring.reference import ARTIFACT_PATH, write_reference
+            from pipelines.monitoring.reference import ARTIFACT_PATH, as_served, write_reference
 
-            reference = write_reference(out_dir / "reference", train, holdout, pred_hold, label.column,
-                                        intervals, _reference_rows(usecase, features))
+            reference = write_reference(
+                out_dir / "reference", train, holdout, pred_hold, label.column, intervals,
+                _reference_rows(usecase, features),
+                served=lambda rows: as_served(rows, features, label.event_time),
+                predict=lambda rows: predict_raw_plus_offset(best.booster, rows[names].to_numpy(np.float32), names,
+                                                             spec.offset_feature))
             timings["evaluate_s"] = time.perf_counter() - started - timings["split_s"] - best.seconds
 
             # MLflow: params, metrics, artifacts, the model; registration last.
