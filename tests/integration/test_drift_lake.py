@@ -1,7 +1,7 @@
 """The drift monitor's Spark path on the real lake: profiles of the flights and weather tables per segment and
 cross, indicators checked against an independent pandas recomputation, findings for a day without served
-data, and a re-run that gives the same rows. (No model serves these days here: the served-data scenario,
-a model trained on January-March judged on a June-July replay, is planned: see the README.)
+data, and a re-run that gives the same rows. No module replays these days (no model served them): the
+served-data scenario is ``test_drift.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-START, END = date(2013, 6, 1), date(2013, 6, 3)
+START, END = date(2013, 8, 5), date(2013, 8, 7)
 DRIFT_TABLES = ("profiles", "indicators", "findings", "incidents")
 
 
@@ -67,7 +67,7 @@ def _value(rows, day, column, statistic, segment="all", segment_value="all") -> 
 
 def test_every_day_evaluates_tens_of_thousands_of_indicators_over_the_rows_it_scanned(runs, published_lake):
     first, _, rows, _ = runs
-    assert set(first.indicators) == {"2013-06-01", "2013-06-02"}
+    assert set(first.indicators) == {"2013-08-05", "2013-08-06"}
     assert min(first.indicators.values()) > 20_000
     assert sum(first.indicators.values()) == len(rows)
     # The interval and the two trailing weeks before it are profiled (no stored profiles yet).
@@ -79,7 +79,7 @@ def test_every_day_evaluates_tens_of_thousands_of_indicators_over_the_rows_it_sc
 
 def test_indicators_equal_an_independent_recomputation(runs, published_lake):
     _, _, rows, _ = runs
-    day = "2013-06-02"
+    day = "2013-08-06"
     flights = _flights(published_lake, [day])
     assert _value(rows, day, "flights.dep_delay", "null_rate") == pytest.approx(
         flights.dep_delay.isna().mean(), abs=1e-12)
@@ -102,7 +102,7 @@ def test_a_day_without_served_data_is_a_finding_not_a_crash(runs, settings):
 
     first, _, _, _ = runs
     empty = findings_frame(settings, "flights_eta", source="served")
-    assert sorted(empty.day) == ["2013-06-01", "2013-06-02"]
+    assert sorted(empty.day) == ["2013-08-05", "2013-08-06"]
     assert all("no served predictions" in m for m in empty.message)
     assert first.incidents == [] and first.retrain == []  # data quality alone never retrains
 
@@ -126,9 +126,9 @@ def test_a_rerun_of_the_interval_replaces_its_rows_with_the_same_ones(runs):
 def test_findings_are_queryable_from_the_cli(runs, capsys):
     from pipelines.cli import main
 
-    assert main(["monitor", "findings", "--usecase", "flights_eta", "--day", "2013-06-02", "--source-table",
+    assert main(["monitor", "findings", "--usecase", "flights_eta", "--day", "2013-08-06", "--source-table",
                  "served"]) == 0
-    assert "no served predictions on 2013-06-02" in capsys.readouterr().out
+    assert "no served predictions on 2013-08-06" in capsys.readouterr().out
     assert main(["monitor", "findings", "--usecase", "flights_eta", "--severity", "urgent"]) == 2
     assert main(["monitor", "incidents", "--usecase", "flights_eta"]) == 0
     assert "no incidents" in capsys.readouterr().out
