@@ -66,9 +66,11 @@ def champion_kept(settings, mlflow_service):
     if before is not None:
         client(settings).set_registered_model_alias("flights_eta", "champion", before)
     else:  # there was none: the modules after this one find none either
+        from mlflow.exceptions import MlflowException
+
         try:
             client(settings).delete_registered_model_alias("flights_eta", "champion")
-        except Exception:  # never set by the retraining either
+        except MlflowException:  # the retraining did not set one either
             pass
 
 
