@@ -500,12 +500,12 @@ def _judge(ind: pd.DataFrame, history: _History, weekday: int, spec: MonitoringS
     # Day-over-week changes and one day against the training reference are news (a storm, a holiday), not a
     # shift in what the model sees: at most medium (alerted on the day). A high drift is a complete week
     # against the training reference.
-    news = np.char.endswith(stat.astype(str), "_trail") | np.char.endswith(stat.astype(str), "_ref_1d")
-    severity = np.where(news, np.minimum(severity, 2), severity)
+    names = stat.astype(str)
+    news = np.char.endswith(names, "_trail") | np.char.endswith(names, "_ref_1d")
     # The outcomes' error distribution is compared with the holdout's (two weeks of the training window, few
     # rows a segment): at most medium. What retrains on outcomes is the online error above the spec's bound.
-    if "source" in ind.columns:
-        severity = np.where((ind["source"].to_numpy() == OUTCOMES) & drift, np.minimum(severity, 2), severity)
+    news |= (ind["source"].to_numpy() == OUTCOMES) & drift
+    severity = np.where(news, np.minimum(severity, 2), severity)
     small = ind["n_rows"].to_numpy(float) < spec.min_rows_high
     severity = np.where(small, np.minimum(severity, 2), severity)
     out = ind.assign(severity=severity.astype(int), baseline=both.baseline, scale=both.scale, z=both.z,

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -59,6 +60,15 @@ def serving_model(request, settings, usecase, mlflow_service, triton_service, pu
     place_and_load(settings, usecase, artifact.path)
     golden_check(settings, artifact.path)
     return ref, load_bundle(settings, ref.name, version=ref.version)
+
+
+def clear_logs(settings, first: date, last: date, usecase: str = "flights_eta") -> None:
+    """Remove the prediction and outcome log partitions of the days [first, last] (a module's own replay)."""
+    for root in (settings.prediction_log_path, settings.outcome_log_path):
+        day = first
+        while day <= last:
+            shutil.rmtree(root / usecase / f"date={day.isoformat()}", ignore_errors=True)
+            day += timedelta(days=1)
 
 
 def model_env(ref) -> dict[str, str]:

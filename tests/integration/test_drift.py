@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_fixtures import ApiServer, model_env
+from serving_fixtures import ApiServer, clear_logs, model_env
 
 from pipelines.config import load_settings
 
@@ -43,14 +43,6 @@ def _buggy_client(body: dict) -> dict:
             zlib.crc32(body["flight_id"].encode()) % 10 == 0:
         return {**body, "dep_delay": None}
     return body
-
-
-def _clear(settings, first: date, last: date) -> None:
-    for root in (settings.prediction_log_path, settings.outcome_log_path):
-        day = first
-        while day <= last:
-            shutil.rmtree(root / "flights_eta" / f"date={day.isoformat()}", ignore_errors=True)
-            day += timedelta(days=1)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -103,7 +95,7 @@ def replayed(settings, spark, usecase, winter_model, tmp_path_factory):
         shutil.rmtree(Path(settings.lake_root) / f"{table}__flights_eta", ignore_errors=True)
     shutil.rmtree(run_dir(settings, "flights_eta"), ignore_errors=True)
     for first, end in (CONTROL, SUMMER):
-        _clear(settings, first - timedelta(days=3), end + timedelta(days=2))
+        clear_logs(settings, first - timedelta(days=3), end + timedelta(days=2))
     db = tmp_path_factory.mktemp("drift-online") / "features.db"
     store = {"ATELIER__ONLINE_STORE__BACKEND": "sqlite", "ATELIER__ONLINE_STORE__SQLITE_PATH": str(db)}
     replay_settings = load_settings("test", environ={**os.environ, **store})

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import pytest
-from serving_fixtures import ApiServer, model_env
+from serving_fixtures import ApiServer, clear_logs, model_env
 
 from pipelines.config import load_settings
 
@@ -29,14 +29,6 @@ SEGMENTS = {"origin": "origin", "carrier": "carrier", "dep_delay_bucket": "dep_d
             "hour": "sched_dep_hour"}
 
 
-def _clear_logs(settings, first: date, last: date) -> None:
-    for root in (settings.prediction_log_path, settings.outcome_log_path):
-        day = first
-        while day <= last:
-            shutil.rmtree(root / "flights_eta" / f"date={day.isoformat()}", ignore_errors=True)
-            day += timedelta(days=1)
-
-
 @pytest.fixture(scope="module")
 def replayed(settings, spark, usecase, published_lake, offline_feature_tables, serving_model, triton_service,
              tmp_path_factory):
@@ -48,7 +40,7 @@ def replayed(settings, spark, usecase, published_lake, offline_feature_tables, s
     from pipelines.stores.online import get_online_store
 
     ref, _ = serving_model
-    _clear_logs(settings, WEEK[0] - timedelta(days=3), WEEK[1] + timedelta(days=2))
+    clear_logs(settings, WEEK[0] - timedelta(days=3), WEEK[1] + timedelta(days=2))
     shutil.rmtree(calibration_dir(settings, "flights_eta", ref.name, ref.version), ignore_errors=True)
     db = tmp_path_factory.mktemp("replay-online") / "features.db"
     store = {"ATELIER__ONLINE_STORE__BACKEND": "sqlite", "ATELIER__ONLINE_STORE__SQLITE_PATH": str(db)}
