@@ -18,7 +18,7 @@ Measured:
 
 1. cold: one earlier day (``--warmup-day``, a served day, so it also builds the served version's reference
    profile cache, as the first run of a version does): JVM, Spark and Python warm-up.
-2. prime: the 14 lookback days before ``--start``, as the daily schedule would have stored them (timed, not
+2. prime: the lookback days (the trailing window, 7) before ``--start``, as the daily schedule would have stored them (timed, not
    part of the target). With ``--no-prime`` the interval's lookback has no stored profiles and is profiled in
    the interval's own Spark pass, and the steady run re-profiles the lookback days the interval did not store.
 3. interval: ``--days`` days from ``--start`` (a backfill): wall seconds, ``run_drift``'s own breakdown, indicators evaluated,
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "load_avg_start": load_avg()}}
     from pipelines.config import get_settings, load_settings
     from pipelines.lake.tables import Lake
-    from pipelines.monitoring.drift import profiles_table
+    from pipelines.monitoring.drift import lookback_days, profiles_table
     from pipelines.monitoring.drift_spec import load_monitoring_spec
     from pipelines.spark import get_spark
     from pipelines.usecases import get_usecase
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     figures["spark_session_s"] = round(time.perf_counter() - t, 2)
     errors: dict[str, str] = {}
     end = args.start + timedelta(days=args.days)
-    lookback = [(args.start - timedelta(days=i)).isoformat() for i in range(2 * spec.trailing_days, 0, -1)]
+    lookback = lookback_days(spec, args.start.isoformat())
     try:
         # 1. cold
         result, wall = _timed_run(spark, settings, usecase, args.warmup_day, args.warmup_day + timedelta(days=1),
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  indicators_total = {n:,} ({'>=' if n >= TARGET_INDICATORS else 'BELOW'} "
                 f"{TARGET_INDICATORS:,})")
         # 4. steady: the next day
-        steady_lookback = [(end - timedelta(days=i)).isoformat() for i in range(2 * spec.trailing_days, 0, -1)]
+        steady_lookback = lookback_days(spec, end.isoformat())
         try:
             stored = set(lake.partitions(profiles_table(USECASE), "day"))
         except Exception:

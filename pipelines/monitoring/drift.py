@@ -241,11 +241,16 @@ def _lake_sources(spark: SparkSession, lake: Lake, usecase: UseCase, spec: Monit
 
     out = []
     for table, source in spec.sources.items():
-        try:
-            frame = spark.read.option("mergeSchema", "true").parquet(lake.path(table))
-        except TableNotFound:
+        if lake.current_version(table) is None:
             log.warning("lake table %s is not published: not profiled", table)
             continue
+        # Each day's partition is read with its own columns (a feature absent from a partition is null).
+        if lake.info(table).partition_by[:1] == [source.day]:
+            frame = lake.read_partitions(spark, table, source.day, days, merge_schema=True)
+            if frame is None:
+                continue
+        else:
+            frame = spark.read.option("mergeSchema", "true").parquet(lake.path(table))
         frame = frame.withColumn("_day", F.col(source.day).cast("string")).where(F.col("_day").isin(days))
         schema = usecase.tables[table].output_schema
         seg_columns = set(source.segments.values())
@@ -311,7 +316,7 @@ def _reference_profiles(spark: SparkSession, settings: Settings, usecase: UseCas
     cache = folder / "profiles"
     key = json.dumps({"segments": {k: v.model_dump() for k, v in spec.segments.items()},
                       "crosses": spec.crosses, "min_rows": spec.min_rows, "trailing": spec.trailing_days,
-                      "window": spec.anomaly.window_days, "ranks": len(drift_stats.RANKS), "code": 3}, sort_keys=True)
+                      "window": spec.anomaly.window_days, "ranks": len(drift_stats.RANKS), "code": 4}, sort_keys=True)
     if (cache / "key.json").exists() and (cache / "key.json").read_text() == key:
         return pd.read_parquet(cache / "whole.parquet"), pd.read_parquet(cache / "history.parquet")
     feats, preds = _reference_frames(spark, folder, features, request_num + request_cat)
@@ -337,7 +342,7 @@ def _reference_profiles(spark: SparkSession, settings: Settings, usecase: UseCas
     windows = _windows(daily, tail, spec, folder / "windows")
     history = []
     for day in tail:
-        d, w, p = (_read_day(windows[k], day) for k in ("day", "week", "previous"))
+        d, w, p = (_read_day(windows[k], day) for k in WINDOWS)
         for src in MODEL_SOURCES:
             ind = compute_indicators(d[d.source == src], w[w.source == src], p[p.source == src],
                                      whole_q[whole_q.source == src], min_rows=spec.min_rows,
@@ -359,6 +364,9 @@ def _const_day() -> Column:
     from pyspark.sql import functions as F  # noqa: N812
 
     return F.lit(WHOLE_DAY)
+
+
+WINDOWS = ("day", "week", "previous")
 
 
 def _windows(daily: DataFrame, days: list[str], spec: MonitoringSpec, folder: Path) -> dict[str, Path]:
@@ -441,14 +449,9 @@ def _keys(frame: pd.DataFrame) -> pd.Index:
 
 def _seed(history: _History, frames: list[pd.DataFrame]) -> None:
     """Add earlier days' indicator rows (``day`` column) to the history, oldest first."""
-    import pandas as pd
-
-    if not frames:
-        return
-    rows = pd.concat(frames, ignore_index=True)
-    for day in sorted(rows["day"].unique()):
-        part = rows[rows["day"] == day]
-        history.add(_keys(part), part["value"].to_numpy(float), date.fromisoformat(day).weekday())
+    parts = [part for frame in frames for _, part in frame.groupby("day", sort=False)]
+    for part in sorted(parts, key=lambda p: p["day"].iat[0]):
+        history.add(_keys(part), part["value"].to_numpy(float), date.fromisoformat(part["day"].iat[0]).weekday())
 
 
 # ------------------------------------------------------------------------------------------- judgement
@@ -598,21 +601,20 @@ def _publish_profiles(lake: Lake, run_id: str, usecase: str, daily: DataFrame, d
 KEY_ORDER = ["source", "segment", "segment_value", "column"]
 
 
-def _stored_profiles(spark: SparkSession, lake: Lake, usecase: str, days: list[str]) -> DataFrame | None:
-    from pyspark.sql import functions as F  # noqa: N812
+def lookback_days(spec: MonitoringSpec, first: str) -> list[str]:
+    """The days before ``first`` whose daily profiles its windows merge: the trailing window before it (the
+    window compared with ``first`` itself)."""
+    return [_shift(first, -i) for i in range(spec.trailing_days, 0, -1)]
 
-    name = profiles_table(usecase)
-    try:
-        have = [d for d in days if d in set(lake.partitions(name, "day"))]
-    except TableNotFound:
-        return None
-    if not have:
-        return None
-    parts = [spark.read.parquet(f"{lake.path(name)}/day={d}").withColumn("day", F.lit(d)) for d in have]
-    frame = parts[0]
-    for p in parts[1:]:
-        frame = frame.unionByName(p)
-    return frame
+
+def _stored_profiles(spark: SparkSession, lake: Lake, usecase: str, days: list[str]
+                     ) -> tuple[DataFrame | None, list[str]]:
+    """(the stored daily profiles of ``days``, the days found), read in one pass."""
+    frame = lake.read_partitions(spark, profiles_table(usecase), "day", days)
+    if frame is None:
+        return None, []
+    stored = lake.partitions(profiles_table(usecase), "day")
+    return frame, [d for d in days if d in stored]
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -626,13 +628,13 @@ def _model_frames(spark: SparkSession, lake: Lake, usecase: UseCase, features: F
     from pipelines.monitoring import feedback as fb
 
     num, cat, feats = _served_columns(usecase, features, spec)
-    served = fb._read_days(spark, lake, fb.served_table(usecase.name), fb.SERVED_DATE, days)
+    served = lake.read_partitions(spark, fb.served_table(usecase.name), fb.SERVED_DATE, days)
     if served is None:
         return None, None, num, cat
     levels = [c[len("upper_"):] for c in served.columns if c.startswith("upper_")]
     request_cols = list(dict.fromkeys(num + cat + [s.column for s in spec.segments.values() if s.column not in feats]))
     flat = _flat_served(served, request_cols, feats, levels)
-    feedback = fb._read_days(spark, lake, fb.feedback_table(usecase.name), fb.PREDICTION_DAY, days)
+    feedback = lake.read_partitions(spark, fb.feedback_table(usecase.name), fb.PREDICTION_DAY, days)
     outcomes = None
     if feedback is not None:
         labelled = feedback.where((F.col("source") == "online") & (F.col("label_status") == "labelled")).select(
@@ -657,20 +659,18 @@ def _versions(flat: DataFrame | None) -> tuple[str | None, dict[str, str | None]
     return (names.most_common(1)[0][0] if names else None), {d: v[2] for d, v in best.items()}
 
 
-def _history_for(lake: Lake, usecase: str, days: list[str], spec: MonitoringSpec, version: str | None,
+def _history_for(stored: dict[str, pd.DataFrame], spec: MonitoringSpec, version: str | None,
                  reference_history: pd.DataFrame | None, lake_only: bool) -> _History:
-    """A history seeded with the reference period's series (model sources) and the stored indicators of
-    ``days`` (the days before the interval): the model sources' of the same version, or the lake sources'."""
+    """A history seeded with the reference period's series (model sources) and ``stored`` (day -> the stored
+    indicators of the days before the interval): the model sources' of the same version, or the lake
+    sources'."""
     history = _History(spec.anomaly.window_days)
     if not lake_only and reference_history is not None and not reference_history.empty:
         _seed(history, [reference_history])
-    stored = _read_partitions(lake, indicators_table(usecase), days)
     frames = []
     for day, frame in sorted(stored.items()):
-        if lake_only:
-            part = frame[~frame["source"].isin(MODEL_SOURCES)]
-        else:
-            part = frame[frame["source"].isin(MODEL_SOURCES) & (frame["model_version"] == (version or ""))]
+        model = frame["source"].isin(MODEL_SOURCES)
+        part = frame[~model] if lake_only else frame[model & (frame["model_version"] == (version or ""))]
         if not part.empty:
             frames.append(part.assign(day=day))
     _seed(history, frames)
@@ -845,9 +845,8 @@ def run_drift(spark: SparkSession, settings: Settings, usecase: UseCase, start: 
     spec = load_monitoring_spec(usecase, features)
     lake = Lake(settings.lake_root)
     days = _days(start, end)
-    lookback = [_shift(days[0], -i) for i in range(2 * spec.trailing_days, 0, -1)]
-    stored = _stored_profiles(spark, lake, usecase.name, lookback)
-    stored_days = set() if stored is None else {r[0] for r in stored.select("day").distinct().collect()}
+    lookback = lookback_days(spec, days[0])
+    stored, stored_days = _stored_profiles(spark, lake, usecase.name, lookback)
     compute = [d for d in lookback if d not in stored_days] + days
 
     flat, outcomes, num, cat = _model_frames(spark, lake, usecase, features, spec, compute)
@@ -884,7 +883,8 @@ def run_drift(spark: SparkSession, settings: Settings, usecase: UseCase, start: 
     log.info("drift %s: profiles %.1f s, references %.1f s", usecase.name, seconds["profiles"], seconds["reference"])
     t1 = time.perf_counter()
     window_before = [_shift(days[0], -i) for i in range(spec.anomaly.window_days, 0, -1)]
-    lake_history = _history_for(lake, usecase.name, window_before, spec, None, None, lake_only=True)
+    stored_indicators = _read_partitions(lake, indicators_table(usecase.name), window_before)
+    lake_history = _history_for(stored_indicators, spec, None, None, lake_only=True)
     model_history: dict[str, _History] = {}
 
     indicators: dict[str, pd.DataFrame] = {}
@@ -892,7 +892,7 @@ def run_drift(spark: SparkSession, settings: Settings, usecase: UseCase, start: 
     counts: dict[str, int] = {}
     for day in days:
         version = versions.get(day)
-        d, w, p = (_read_day(windows[k], day) for k in ("day", "week", "previous"))
+        d, w, p = (_read_day(windows[k], day) for k in WINDOWS)
         ref = refs.get(version or "")
         weekday = date.fromisoformat(day).weekday()
         parts = []
@@ -909,7 +909,7 @@ def run_drift(spark: SparkSession, settings: Settings, usecase: UseCase, start: 
         if not model_part.empty:
             key = version or ""
             if key not in model_history:
-                model_history[key] = _history_for(lake, usecase.name, window_before, spec, version,
+                model_history[key] = _history_for(stored_indicators, spec, version,
                                                   ref[1] if ref is not None else None, lake_only=False)
             judged_parts.append(_judge(model_part, model_history[key], weekday, spec))
             model_history[key].add(_keys(model_part), model_part["value"].to_numpy(float), weekday)

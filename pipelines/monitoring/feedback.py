@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.batch.predict import interval_pairs, predictions_table
 from pipelines.config import Settings
 from pipelines.featurestore.spec import FeatureSet
-from pipelines.lake.tables import Lake, TableNotFound, write_partition_manifest
+from pipelines.lake.tables import Lake, write_partition_manifest
 from pipelines.monitoring.spec import FeedbackSpec
 from pipelines.quality.expectations import suite_with_params
 
@@ -351,21 +351,6 @@ def ingest_outcomes(spark: SparkSession, settings: Settings, usecase: UseCase, s
 # ---------------------------------------------------------------------------------------------------- join
 
 
-def _read_days(spark: SparkSession, lake: Lake, name: str, column: str, days: list[str]) -> DataFrame | None:
-    from pyspark.sql import functions as F  # noqa: N812
-
-    try:
-        published = set(lake.partitions(name, column))
-    except TableNotFound:
-        return None
-    wanted = [d for d in days if d in published]
-    if not wanted:
-        return None
-    # Partition values come back typed (a date); the feedback tables keep days as ISO strings.
-    frame = spark.read.parquet(lake.path(name))
-    return frame.withColumn(column, F.col(column).cast("string")).where(F.col(column).isin(wanted))
-
-
 def _segment(frame_columns: set[str], request_columns: set[str], column: str, online: bool) -> Column:
     from pyspark.sql import functions as F  # noqa: N812
 
@@ -389,7 +374,7 @@ def build_feedback(spark: SparkSession, settings: Settings, usecase: UseCase, fe
     label = spec.label
     intervals = [f"{side}_{level_suffix(lv)}" for lv in levels for side in ("lower", "upper")]
     parts = []
-    served = _read_days(spark, lake, served_table(usecase.name), SERVED_DATE, days)
+    served = lake.read_partitions(spark, served_table(usecase.name), SERVED_DATE, days)
     if served is not None:
         request_columns = {f.name for f in served.schema["request"].dataType.fields}
         parts.append(served.select(
@@ -403,7 +388,7 @@ def build_feedback(spark: SparkSession, settings: Settings, usecase: UseCase, fe
             "prediction", *intervals, "fallback", "degraded", "views_defaulted", "views_stale"))
     partition = usecase.tables[label.source].partition_by
     if partition:
-        batch = _read_days(spark, lake, predictions_table(usecase.name), partition[0], days)
+        batch = lake.read_partitions(spark, predictions_table(usecase.name), partition[0], days)
         if batch is not None:
             columns = set(batch.columns)
             key_id = F.concat_ws("|", *[F.col(k).cast("string") for k in label.keys])
@@ -629,7 +614,7 @@ def check_served_skew(spark: SparkSession, settings: Settings, usecase: UseCase,
 
     features = load_feature_set(usecase)
     lake = Lake(settings.lake_root)
-    served = _read_days(spark, lake, served_table(usecase.name), SERVED_DATE,
+    served = lake.read_partitions(spark, served_table(usecase.name), SERVED_DATE,
                         [d.isoformat() for d in days_between(start, end)])
     if served is None:
         return None

@@ -7,7 +7,7 @@ A profile row summarises one column of one source over one day and one segment v
     kll                                                     a KLL quantile sketch (Apache DataSketches, Spark's
                                                             ``kll_sketch_agg_double``): merges exactly
     distinct                                                the day's distinct count (``approx_count_distinct``,
-                                                            HyperLogLog++, 2% error): a daily indicator only
+                                                            HyperLogLog++, 5% error): a daily indicator only
     freqs                                                   categorical columns: value -> count
 
 Segments are columns (optionally bucketed); the grouping sets (overall, each segment, each cross) are
@@ -32,9 +32,12 @@ ALL = "all"
 NULL_VALUE = "(null)"
 KEY = ["source", "segment", "segment_value", "column", "kind"]
 KLL_K = 200
-DISTINCT_RSD = 0.02
+DISTINCT_RSD = 0.05
 # No indicator uses a merged distinct count: Spark's native HyperLogLog++ gives the day's count, cheaper than
-# a mergeable DataSketches HLL sketch per group and column.
+# a mergeable DataSketches HLL sketch per group and column. Its registers are the profile pass's main cost:
+# at 2% error (4,096 registers per group and column) ten reference days took 46 s, at 5% (512) 12.7 s, with
+# no distinct count at all 5.4 s (local[2], 2026-12-02). A distinct count is judged against its own history,
+# where 5% is well inside a day-to-day swing; a collapse to one value (the bug it catches) is not.
 
 
 def bucket_column(column: Column, segment: Segment) -> Column:

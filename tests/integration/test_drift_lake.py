@@ -70,8 +70,9 @@ def test_every_day_evaluates_tens_of_thousands_of_indicators_over_the_rows_it_sc
     assert set(first.indicators) == {"2013-08-05", "2013-08-06"}
     assert min(first.indicators.values()) > 20_000
     assert sum(first.indicators.values()) == len(rows)
-    # The interval and the two trailing weeks before it are profiled (no stored profiles yet).
-    days = [(START - timedelta(days=14) + timedelta(days=i)).isoformat() for i in range(16)]
+    # The interval and the trailing week before it (the window its first day is compared with) are profiled
+    # (no stored profiles yet).
+    days = [(START - timedelta(days=7) + timedelta(days=i)).isoformat() for i in range(9)]
     assert first.rows_scanned["lake.flights"] == len(_flights(published_lake, days))
     segments = set(rows.segment)
     assert {"all", "origin", "carrier", "dest", "hour", "origin*carrier", "carrier*dest", "carrier*hour"} <= segments
