@@ -351,6 +351,7 @@ def _reference_profiles(spark: SparkSession, settings: Settings, usecase: UseCas
             history.append(ind)
     daily.unpersist()
     shutil.rmtree(folder / "windows", ignore_errors=True)
+    history = [h for h in history if not h.empty]
     hist = pd.concat(history, ignore_index=True) if history else pd.DataFrame()
     shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True)
