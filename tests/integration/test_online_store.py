@@ -612,3 +612,116 @@ def test_clear_deletes_every_row_and_keeps_the_view(store):
     # Older event times can be written again after a clear (a replay restarting its clock).
     store.write(view.name, [row("a", {"clicks": 9}, T0 - timedelta(days=1))], now=T0)
     assert one(store, view, "a").values["clicks"] == 9
+
+
+# ---------------------------------------------------------------------------------------- freshness
+
+
+def test_newest_event_time_is_the_newest_written_and_never_goes_back(store, backend_settings):
+    view = make_view()
+    store.apply([view])
+    assert store.newest_event_time(view.name) is None  # nothing written yet
+    store.write(view.name, [row("a", {"clicks": 1}, T0 - timedelta(hours=1)), row("b", {"clicks": 2}, T0)])
+    newest = store.newest_event_time(view.name)
+    assert newest == T0 and newest.microsecond == 123456  # exact to the microsecond
+    assert newest.utcoffset() == timedelta(0) and newest.tzinfo == UTC
+    # A later write of OLDER rows (a backfill) leaves it; a newer one raises it, in any time zone.
+    store.write(view.name, [row("c", {"clicks": 3}, T0 - timedelta(days=3))])
+    assert store.newest_event_time(view.name) == T0
+    later = (T0 + timedelta(minutes=5, microseconds=7)).astimezone(timezone(timedelta(hours=2)))
+    store.write(view.name, [row("a", {"clicks": 4}, later), row("d", {"clicks": 5}, T0)])
+    assert store.newest_event_time(view.name) == later
+    assert store.newest_event_time(view.name).tzinfo == UTC
+    # Another process reads the same value from the store.
+    with get_online_store(backend_settings) as other:
+        assert other.newest_event_time(view.name) == later
+
+
+def test_newest_event_time_ignores_rows_skipped_as_expired(store):
+    view = make_view(ttl=60)
+    store.apply([view])
+    expired_only = [row("x", {"clicks": 1}, T0 - timedelta(seconds=60))]
+    assert store.write(view.name, expired_only, now=T0) == WriteResult(0, 1)
+    assert store.newest_event_time(view.name) is None
+    store.write(view.name, [row("a", {"clicks": 1}, T0 - timedelta(seconds=30))], now=T0)
+    # Judged at a later now, a row NEWER than the stored one is already expired: skipped, not counted.
+    newer_but_expired = [row("b", {"clicks": 2}, T0 + timedelta(minutes=10))]
+    assert store.write(view.name, newer_but_expired, now=T0 + timedelta(hours=1)) == WriteResult(0, 1)
+    assert store.newest_event_time(view.name) == T0 - timedelta(seconds=30)
+
+
+def test_newest_event_time_under_concurrent_writers(store):
+    """Writers race batches in shuffled order: the watermark ends at the greatest event time written and a
+    reader never sees it go back."""
+    view = make_view(features=[("version", "bigint")])
+    store.apply([view])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        try:
+            mine = list(range(w, 40, 4))
+            random.Random(w).shuffle(mine)
+            for version in mine:
+                rows = [row(f"k{i}", {"version": version}, T0 + timedelta(seconds=version, microseconds=i))
+                        for i in range(5)]
+                store.write(view.name, rows)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    def reader() -> None:
+        last = None
+        try:
+            while not stop.is_set():
+                newest = store.newest_event_time(view.name)
+                assert last is None or (newest is not None and newest >= last)
+                last = newest
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    writers = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    watcher = threading.Thread(target=reader)
+    for t in [watcher, *writers]:
+        t.start()
+    for t in writers:
+        t.join(timeout=300)
+    stop.set()
+    watcher.join(timeout=60)
+    assert not errors, errors
+    assert store.newest_event_time(view.name) == T0 + timedelta(seconds=39, microseconds=4)
+
+
+def test_clear_resets_newest_event_time(store):
+    view, other = make_view(), make_view()
+    store.apply([view, other])
+    store.write(view.name, [row("a", {"clicks": 1}, T0)])
+    store.write(other.name, [row("a", {"clicks": 1}, T0)])
+    store.clear(view.name)
+    assert store.newest_event_time(view.name) is None
+    assert store.newest_event_time(other.name) == T0  # only the named view
+    # A replay restarting its clock starts a new watermark, older than the cleared one.
+    store.write(view.name, [row("a", {"clicks": 2}, T0 - timedelta(days=1))])
+    assert store.newest_event_time(view.name) == T0 - timedelta(days=1)
+
+
+def test_newest_event_time_of_an_unknown_view_raises(store):
+    with pytest.raises(ValueError, match="unknown feature view 'no_such_view'"):
+        store.newest_event_time("no_such_view")
+    with pytest.raises(ValueError, match="not a valid view name"):
+        store.newest_event_time("Not A View")
+
+
+def test_cassandra_watermarks_are_one_row_per_write_newest_first(cassandra_store):
+    """Writers only insert (no read-modify-write): one row per write, and the read takes the first row."""
+    store = cassandra_store
+    view = make_view()
+    store.apply([view])
+    for event_time in (T0, T0 - timedelta(hours=1), T0 + timedelta(hours=1, microseconds=1)):
+        store.write(view.name, [row("u", {"clicks": 1}, event_time)])
+    query = f'SELECT newest_us FROM "{store.keyspace}".feature_view_watermarks WHERE "view" = %s'
+    stored = [us for (us,) in store._session().execute(query, (view.name,))]
+    to_us = [(t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+             for t in (T0 + timedelta(hours=1, microseconds=1), T0, T0 - timedelta(hours=1))]
+    assert stored == to_us
+    store.clear(view.name)
+    assert list(store._session().execute(query, (view.name,))) == []

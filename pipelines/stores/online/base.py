@@ -37,6 +37,11 @@ Views
     ``apply`` records each view's schema in the store itself (table ``feature_views``), so any process can
     read and write a view without knowing its schema in advance; a store caches schemas, ``refresh()``
     forgets them after another process changed a view. Instances are thread-safe.
+
+Freshness
+    Every ``write`` also raises the view's watermark (table ``feature_view_watermarks``) to the newest event
+    time among the rows it wrote, so ``newest_event_time`` answers "how fresh is this view" with one small
+    read, never a scan of the view's rows.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any, ClassVar
 
 FEATURE_TYPES = ("double", "bigint", "string", "boolean")
@@ -61,8 +67,10 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,44}$")
 """View, key and feature names: lower-case identifiers that fit in a Cassandra table name with its prefix."""
 RESERVED_COLUMNS = frozenset({"event_time", "event_time_us"})
 TABLE_PREFIX = "fv_"
-"""Each view is stored in table ``fv_<view name>`` (both backends); the view registry in ``feature_views``."""
+"""Each view is stored in table ``fv_<view name>`` (both backends); the view registry in ``feature_views``, the
+views' newest event times (watermarks) in ``feature_view_watermarks``."""
 REGISTRY_TABLE = "feature_views"
+WATERMARK_TABLE = "feature_view_watermarks"
 
 MAX_TTL_SECONDS = 630_720_000
 """20 years: Cassandra's maximum TTL."""
@@ -70,6 +78,7 @@ BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = 1_000_000
+_LAST = itemgetter(-1)
 
 
 class OnlineStoreError(RuntimeError):
@@ -535,7 +544,9 @@ class OnlineStore(abc.ABC):
         now_us = now_micros(now)
         params, skipped = codec.rows(rows, now_us)
         if params:
-            self._write(codec, params, now_us)
+            # Taken before _write, which may reuse the parameter lists (Cassandra rewrites them in place).
+            newest_us = max(map(_LAST, params))
+            self._write(codec, params, now_us, newest_us)
         return WriteResult(len(params), skipped)
 
     def read(
@@ -563,6 +574,18 @@ class OnlineStore(abc.ABC):
         (``atelier replay``): rows are versioned by event time, so a store that already holds later rows
         would otherwise keep them."""
         self._clear(self._codec(view_name))
+
+    def newest_event_time(self, view_name: str) -> datetime | None:
+        """The newest event time written to the view (UTC, to the microsecond), or None if nothing was written
+        since it was applied or last cleared; one small read, never a scan of the view's rows.
+
+        It counts the rows ``write`` accepted, not those skipped as expired, and never goes back: a later write
+        of older rows leaves it, and so do rows that expire afterwards. The Cassandra backend keeps each write's
+        watermark for the view's TTL (30 days without one): once the write that set it is older than that, it
+        may read an older time or None there.
+        """
+        newest_us = self._read_watermark(self._codec(view_name))
+        return None if newest_us is None else from_micros(newest_us)
 
     def views(self) -> dict[str, FeatureViewSchema]:
         """Every view applied to this store (read from the store's registry)."""
@@ -672,11 +695,18 @@ class OnlineStore(abc.ABC):
     def _load_views(self) -> dict[str, FeatureViewSchema]: ...
 
     @abc.abstractmethod
-    def _write(self, codec: ViewCodec, params: list[list], now_us: int) -> None:
-        """Write validated parameter lists; raise OnlineStoreError unless every row was stored."""
+    def _write(self, codec: ViewCodec, params: list[list], now_us: int, newest_us: int) -> None:
+        """Write validated parameter lists, then raise the view's watermark to ``newest_us`` (the greatest
+        event_time_us of ``params``; in the rows' transaction where the backend has one); raise
+        OnlineStoreError unless every row and the watermark were stored."""
 
     @abc.abstractmethod
-    def _clear(self, codec: ViewCodec) -> None: ...
+    def _clear(self, codec: ViewCodec) -> None:
+        """Delete every row of the view and its watermark."""
+
+    @abc.abstractmethod
+    def _read_watermark(self, codec: ViewCodec) -> int | None:
+        """The view's watermark (µs since the epoch), None if none is stored."""
 
     @abc.abstractmethod
     def _read(self, codec: ViewCodec, keys: list[tuple]) -> list[tuple | list | None]:

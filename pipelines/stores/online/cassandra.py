@@ -9,7 +9,12 @@ DDL is managed by Atelier (:meth:`CassandraOnlineStore.apply`):
   cluster). An existing keyspace's replication is never changed by the store (that is an operator's
   decision with a repair to follow);
 * one table ``fv_<view>`` per view, one partition per entity key (``PRIMARY KEY ((k1, k2))``), a column per
-  feature and ``event_time timestamp``; the view registry in table ``feature_views``.
+  feature and ``event_time timestamp``; the view registry in table ``feature_views``;
+* the watermarks in ``feature_view_watermarks``: one partition per view, one row per write (``newest_us``,
+  the newest event time it wrote, clustered newest first), so the watermark is read as the partition's first
+  row. Concurrent writers (many Spark partitions) only ever insert: no read-modify-write, no race, no
+  lightweight transaction. Each row lives for the view's TTL (30 days without one, or on a simulated clock),
+  so a view's partition holds about one TTL's worth of writes.
 
 Writes are ``INSERT ... USING TIMESTAMP <event_time in µs> AND TTL <remaining s>`` from prepared statements,
 so Cassandra's last-write-wins IS the event-time guard (an older event never overwrites a newer one, on
@@ -45,6 +50,7 @@ from typing import Any
 from pipelines.stores.online.base import (
     MAX_TTL_SECONDS,
     REGISTRY_TABLE,
+    WATERMARK_TABLE,
     FeatureViewSchema,
     OnlineStore,
     OnlineStoreError,
@@ -74,6 +80,8 @@ def replication_for(settings: Any) -> dict[str, str]:
 
 SIMULATED_CLOCK_US = 3_600_000_000
 """A write whose ``now`` is more than this far from the wall clock is on a simulated clock."""
+WATERMARK_TTL_SECONDS = 30 * 86400
+"""How long a write's watermark row lives for views without a TTL (and on a simulated clock)."""
 
 
 def wall_micros() -> int:
@@ -196,6 +204,19 @@ class _Statements:
         return out
 
 
+class _WatermarkStatements:
+    """Prepared statements of the watermark table (one partition per view, newest row first)."""
+
+    def __init__(self, store: CassandraOnlineStore) -> None:
+        session = store._session()
+        table = f"{q(store.keyspace)}.{WATERMARK_TABLE}"
+        self.insert = session.prepare(f'INSERT INTO {table} ("view", newest_us) VALUES (?, ?) USING TTL ?')
+        self.insert.is_idempotent = True  # the same row again: a retry cannot change the outcome
+        self.select = session.prepare(f'SELECT newest_us FROM {table} WHERE "view" = ? LIMIT 1')
+        self.select.is_idempotent = True
+        self.delete = session.prepare(f'DELETE FROM {table} WHERE "view" = ?')
+
+
 @functools.lru_cache(maxsize=1)
 def _routed_statement_class() -> type:
     """A BoundStatement with a routing key given from outside: the driver cannot compute one for ``k IN ?``,
@@ -264,6 +285,7 @@ class CassandraOnlineStore(OnlineStore):
         self._sess: Any = None
         self._connect_lock = threading.Lock()
         self._statements: dict[str, _Statements] = {}
+        self._watermarks: _WatermarkStatements | None = None
         self._statements_lock = threading.Lock()
         self._closed = False
 
@@ -361,6 +383,16 @@ class CassandraOnlineStore(OnlineStore):
                 self._statements[codec.view.name] = st
             return st
 
+    def _watermark_statements(self) -> _WatermarkStatements:
+        """Raises the driver's error as is (InvalidRequest if the table does not exist)."""
+        st = self._watermarks
+        if st is not None:
+            return st
+        with self._statements_lock:
+            if self._watermarks is None:
+                self._watermarks = _WatermarkStatements(self)
+            return self._watermarks
+
     def _view_changed(self, view: FeatureViewSchema) -> None:
         with self._statements_lock:
             self._statements.pop(view.name, None)
@@ -388,6 +420,12 @@ class CassandraOnlineStore(OnlineStore):
                 "upgrading the view registry",
                 f"ALTER TABLE {ks}.{REGISTRY_TABLE} ADD added_features set<text>",
             )
+        # newest_us is a bigint of µs, not a timestamp: a timestamp column holds milliseconds only.
+        self._execute(
+            "creating the watermark table",
+            f'CREATE TABLE IF NOT EXISTS {ks}.{WATERMARK_TABLE} ("view" text, newest_us bigint, '
+            f'PRIMARY KEY ("view", newest_us)) WITH CLUSTERING ORDER BY (newest_us DESC)',
+        )
 
     def _table_columns(self, view: FeatureViewSchema) -> tuple[list[tuple[str, str]], dict[str, str]] | None:
         rows = self._execute(
@@ -474,10 +512,20 @@ class CassandraOnlineStore(OnlineStore):
 
     # -- data
 
-    def _write(self, codec: ViewCodec, params: list[list], now_us: int) -> None:
+    def _write(self, codec: ViewCodec, params: list[list], now_us: int, newest_us: int) -> None:
         from cassandra.query import BatchStatement, BatchType
 
         st = self._statements_for(codec)
+        try:  # before any row is sent: a keyspace without the watermark table fails with nothing written
+            watermarks = self._watermark_statements()
+        except OnlineStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise OnlineStoreError(
+                f"{self.where}: preparing the watermark statements failed: {_describe_error(exc)} (a keyspace "
+                f"from before table {WATERMARK_TABLE} existed needs one apply() of its views); nothing was "
+                f"written"
+            ) from exc
         session = self._session()
         metadata = self._cluster.metadata
         keyspace = self.keyspace
@@ -549,9 +597,57 @@ class CassandraOnlineStore(OnlineStore):
                 f"{_describe_error(window.error) if window.error else 'not all rows were acknowledged'}; "
                 f"the write is not done, retry it (replaying rows is safe)"
             )
+        # After every row was acknowledged, so the watermark never names a row that is not stored. It lives
+        # for the view's TTL from now (no row it names lives longer), or 30 days where a wall-clock TTL has no
+        # meaning (no TTL, a simulated clock).
+        watermark_ttl = ttl_us // 1_000_000 if ttl_us is not None else WATERMARK_TTL_SECONDS
+        try:
+            session.execute(
+                watermarks.insert, (codec.view.name, newest_us, watermark_ttl), execution_profile=WRITE_PROFILE
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise OnlineStoreError(
+                f"{self.where}: writing {len(params)} rows to view '{codec.view.name}': the rows were stored but "
+                f"recording the view's newest event time failed: {_describe_error(exc)}; the write is not "
+                f"done, retry it (replaying rows is safe)"
+            ) from exc
 
     def _clear(self, codec: ViewCodec) -> None:
         self._execute(f"truncating {codec.view.table}", f"TRUNCATE {q(self.keyspace)}.{q(codec.view.table)}")
+        # Rows first: a clear that fails in between keeps the old watermark (and raises), never loses it early.
+        try:
+            delete = self._watermark_statements().delete
+        except OnlineStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise OnlineStoreError(
+                f"{self.where}: preparing the watermark statements failed: {_describe_error(exc)}"
+            ) from exc
+        self._execute(
+            f"deleting the watermark of view '{codec.view.name}'", delete, (codec.view.name,), profile=WRITE_PROFILE
+        )
+
+    def _read_watermark(self, codec: ViewCodec) -> int | None:
+        from cassandra import InvalidRequest
+
+        try:
+            select = self._watermark_statements().select
+        except InvalidRequest:
+            return None  # a keyspace from before watermarks, not applied since: nothing recorded
+        except OnlineStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise OnlineStoreError(
+                f"{self.where}: preparing the watermark statements failed: {_describe_error(exc)}"
+            ) from exc
+        try:
+            row = self._session().execute(select, (codec.view.name,)).one()
+        except Exception as exc:  # noqa: BLE001
+            raise OnlineStoreError(
+                f"{self.where}: reading the newest event time of view '{codec.view.name}' failed: "
+                f"{_describe_error(exc)}"
+            ) from exc
+        return None if row is None else row[0]
 
     def _read(self, codec: ViewCodec, keys: list[tuple]) -> list[tuple | list | None]:
         st = self._statements_for(codec)

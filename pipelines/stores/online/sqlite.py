@@ -2,12 +2,14 @@
 
 Layout: one ``WITHOUT ROWID`` table ``fv_<view>`` per view, clustered on its entity key columns, with typed
 feature columns and ``event_time_us INTEGER`` (microseconds since the epoch, UTC); the view registry in
-``feature_views``. The database runs in WAL mode with ``synchronous=NORMAL`` (a commit survives a process
-crash; the last commits may be lost on power loss — the store is rebuilt from the offline lake anyway).
+``feature_views``; one row per view in ``feature_view_watermarks`` (``newest_us``, the newest event time
+written). The database runs in WAL mode with ``synchronous=NORMAL`` (a commit survives a process crash; the
+last commits may be lost on power loss — the store is rebuilt from the offline lake anyway).
 
 Writes: one transaction per ``write`` call (``BEGIN IMMEDIATE`` + ``executemany`` of an upsert that only
-replaces a row whose stored event time is <= the new one): all rows or none. Reads: one statement for one
-key, chunks of up to 500 keys per statement for many. Each thread gets its own connection (WAL lets readers
+replaces a row whose stored event time is <= the new one, then one upsert keeping the greater of the stored
+and the new watermark): all rows and the watermark, or nothing. Reads: one statement for one key, chunks of
+up to 500 keys per statement for many. Each thread gets its own connection (WAL lets readers
 run beside the one writer); ``close()`` closes all of them.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 
 from pipelines.stores.online.base import (
     REGISTRY_TABLE,
+    WATERMARK_TABLE,
     FeatureViewSchema,
     OnlineStore,
     OnlineStoreError,
@@ -32,6 +35,10 @@ SQL_TYPES = {"double": "REAL", "bigint": "INTEGER", "string": "TEXT", "boolean":
 """Declared column types (non-STRICT tables: BOOLEAN keeps its name in the schema, stored as 0/1)."""
 ATELIER_TYPES = {v: k for k, v in SQL_TYPES.items()}
 READ_CHUNK = 500
+RAISE_WATERMARK = (
+    f'INSERT INTO {WATERMARK_TABLE} ("view", newest_us) VALUES (?, ?) '
+    f'ON CONFLICT ("view") DO UPDATE SET newest_us = max(newest_us, excluded.newest_us)'
+)
 
 
 def q(name: str) -> str:
@@ -168,13 +175,18 @@ class SQLiteOnlineStore(OnlineStore):
     # -- apply
 
     def _prepare_storage(self) -> None:
+        conn = self._conn()
         try:
-            self._conn().execute(
+            conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {REGISTRY_TABLE} (name TEXT PRIMARY KEY, definition TEXT NOT NULL, "
                 f"updated_at_us INTEGER NOT NULL)"
             )
+            conn.execute(
+                f'CREATE TABLE IF NOT EXISTS {WATERMARK_TABLE} ("view" TEXT PRIMARY KEY, '
+                f"newest_us INTEGER NOT NULL) WITHOUT ROWID"
+            )
         except sqlite3.Error as exc:
-            raise self._fail("creating the view registry", exc) from exc
+            raise self._fail("creating the view registry and watermarks", exc) from exc
 
     def _table_columns(self, view: FeatureViewSchema) -> tuple[list[tuple[str, str]], dict[str, str]] | None:
         try:
@@ -242,13 +254,14 @@ class SQLiteOnlineStore(OnlineStore):
 
     # -- data
 
-    def _write(self, codec: ViewCodec, params: list[list], now_us: int) -> None:
+    def _write(self, codec: ViewCodec, params: list[list], now_us: int, newest_us: int) -> None:
         sql = self._sql_for(codec)
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(sql.upsert, params)
+                conn.execute(RAISE_WATERMARK, (codec.view.name, newest_us))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -260,11 +273,32 @@ class SQLiteOnlineStore(OnlineStore):
             ) from exc
 
     def _clear(self, codec: ViewCodec) -> None:
+        conn = self._conn()
         try:
-            with self._conn() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
                 conn.execute(f"DELETE FROM {q(codec.view.table)}")
+                conn.execute(f'DELETE FROM {WATERMARK_TABLE} WHERE "view" = ?', (codec.view.name,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             raise self._fail(f"clearing view '{codec.view.name}'", exc) from exc
+
+    def _read_watermark(self, codec: ViewCodec) -> int | None:
+        try:
+            row = self._conn().execute(
+                f'SELECT newest_us FROM {WATERMARK_TABLE} WHERE "view" = ?', (codec.view.name,)
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None  # a store file from before watermarks, not applied since: nothing recorded
+            raise self._fail(f"reading the newest event time of view '{codec.view.name}'", exc) from exc
+        except sqlite3.Error as exc:
+            raise self._fail(f"reading the newest event time of view '{codec.view.name}'", exc) from exc
+        return None if row is None else row[0]
 
     def _read(self, codec: ViewCodec, keys: list[tuple]) -> list[tuple | list | None]:
         sql = self._sql_for(codec)
