@@ -36,8 +36,12 @@ bootstrap: $(STAMP) ## Install everything missing: venv, serving venv (Debian py
 demo: bootstrap ## Run the main job on embedded defaults: start services, ingest + validate the lake, summary
 	$(ATELIER) demo
 
+.PHONY: browser
+browser: $(STAMP) ## Install the headless browser the console's UI tests drive (Debian's chromium)
+	$(ATELIER) bootstrap --browser
+
 .PHONY: test
-test: bootstrap ## Run the whole test suite (starts real Cassandra, MLflow, Triton, Airflow, Spark)
+test: bootstrap browser ## Run the whole test suite (starts real Cassandra, MLflow, Triton, Airflow, Spark, chromium)
 	ATELIER_PROFILE=test $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit

@@ -31,6 +31,7 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from plugins.assets import model_production
+from plugins.console.links import RolloutLink
 from plugins.notifiers.alert import AtelierAlertNotifier
 from plugins.usecases import usecases
 
@@ -97,7 +98,7 @@ with DAG(
         print(f"Decision ledger: {result.ledger}; live record: atelier deploy status --usecase {result.usecase}")
         if result.report:
             print(f"Report: {result.report}")
-        return {"status": result.status, "reason": result.reason, "decision": result.decision,
+        return {"usecase": result.usecase, "status": result.status, "reason": result.reason, "decision": result.decision,
                 "candidate": result.candidate, "primary": result.primary, "strategy": result.strategy,
                 "routing_version": result.routing_version, "ledger": result.ledger, "report": result.report}
 
@@ -107,4 +108,6 @@ with DAG(
             raise RuntimeError(f"v{outcome['candidate']} {outcome['status'].replace('_', ' ')}: {outcome['reason']}")
         return f"{outcome['status']}: {outcome['reason']}"
 
-    verdict(rollout(resolve()))
+    outcome = rollout(resolve())
+    outcome.operator.operator_extra_links = (RolloutLink(),)
+    verdict(outcome)

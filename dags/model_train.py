@@ -13,7 +13,8 @@ Train a use case's model and move it through its lifecycle by rules:
    metrics against the baselines, conformal intervals, the HTML report, then one MLflow run and a registered
    version (stage `evaluation`) with its lineage.
 4. **gate**: the use case's promotion rules (`rules.yaml`) move the version stage by stage while they pass;
-   failing clauses are recorded on the version. Returns the report's URL (XCom `return_value`).
+   failing clauses are recorded on the version. Returns the report's URL (XCom `return_value`); the task's
+   extra links "Training report" (the Atelier console's page) and "MLflow run" lead to what it judged.
 5. **announce_production**: only when the version reached production: emits the `models.production` Asset
    (extra: use case, model, version) that the deployment DAG consumes; skipped otherwise.
 
@@ -33,6 +34,7 @@ from typing import Any
 from airflow.sdk import DAG, AssetAny, Param, task
 
 from plugins.assets import model_production, offline_features, retrain_request
+from plugins.console.links import MlflowRunLink, TrainingReportLink
 from plugins.operators.spark_job import AtelierSparkJobOperator
 from plugins.usecases import usecases
 
@@ -120,5 +122,6 @@ with DAG(
 
     config = check_config()
     outcome = gate(config)
+    outcome.operator.operator_extra_links = (TrainingReportLink(), MlflowRunLink())
     config >> training_set >> train >> outcome
     reached_production(outcome) >> announce_production(config, outcome)

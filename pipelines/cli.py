@@ -56,6 +56,11 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> None:
         started = time.monotonic()
         service.ensure_installed(settings)
         print(f"  {service.name:<10} installed ({time.monotonic() - started:.1f} s)")
+    if args.browser:
+        from pipelines.services.browser import ensure_browser
+
+        started = time.monotonic()
+        print(f"  {'browser':<10} {ensure_browser()} ({time.monotonic() - started:.1f} s)")
 
 
 def cmd_services(settings: Settings, args: argparse.Namespace) -> None:
@@ -251,12 +256,40 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     print("10. drift monitoring: monitoring_drift through Airflow over the replayed week (indicators per column x "
           "segment x statistic, thresholds learned from each one's history, Evidently report, alerts, retraining)")
     _demo_drift(settings, usecase)
-    print("11. where things are")
+    print("11. the Atelier console in Airflow's UI (Browse > Atelier): each page through the API server, signed in")
+    _demo_console(settings, usecase)
+    print("12. where things are")
     supervisor = Supervisor(settings.run_dir)
     for service in managed_services(settings):
         status = supervisor.status(service.build_spec(settings))
         print(f"  {status.name:<10} {status.state:<9} {status.detail}")
     print(f"done in {time.monotonic() - started:.0f} s. Services keep running; stop them with `make down`.")
+
+
+def _demo_console(settings: Settings, usecase) -> None:
+    import urllib.request
+
+    from pipelines.console import data
+
+    base = f"http://{settings.airflow.host}:{settings.airflow.port}"
+    token = _airflow_client(settings)._token
+    for section in ("models", "online", "rollouts", "freshness", "drift", "actions", "audit"):
+        url = f"{base}/atelier/usecases/{usecase.name}/{section}"
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        started = time.monotonic()
+        with urllib.request.urlopen(request, timeout=120) as page:  # noqa: S310 - the local API server
+            size = len(page.read())
+            print(f"  {page.status} {url} ({size:,} bytes, {time.monotonic() - started:.1f} s)")
+    models = data.model_versions(settings, usecase.name)
+    print("  models: " + ", ".join(f"v{v['version']} {v['stage']}{' (' + ','.join(v['aliases']) + ')' if v['aliases'] else ''}"
+                                   for v in models["versions"]))
+    fresh = data.freshness(settings, usecase.name)
+    print("  freshness at " + f"{fresh['clock']:%Y-%m-%d %H:%M}: " + ", ".join(
+        f"{v['view']} {v['status']}" + (f" ({v['age_s'] / 3600:.1f} h)" if v["age_s"] is not None else "")
+        for v in fresh["views"]))
+    heat = data.drift_heatmap(settings, usecase.name)
+    print(f"  drift heat map: {len(heat['columns'])} columns x {len(heat['days'])} days with findings; "
+          f"{len(heat['incidents'])} incident(s)")
 
 
 def _demo_drift(settings: Settings, usecase) -> None:
@@ -681,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bootstrap", help="install what the local services need")
     p.add_argument("names", nargs="*")
+    p.add_argument("--browser", action="store_true", help="also the headless browser the UI tests drive (chromium)")
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("services", help="start, stop or show the local services")

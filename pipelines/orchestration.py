@@ -41,6 +41,14 @@ class AirflowClient:
         self.timeout_s = timeout_s
         self._token = self._login(username, password)
 
+    @classmethod
+    def with_token(cls, base_url: str, token: str, timeout_s: float = 10.0) -> AirflowClient:
+        """A client acting as the holder of ``token`` (e.g. a console user's own session token), so Airflow
+        authorizes and audits each call as that user."""
+        client = cls.__new__(cls)
+        client.base_url, client.timeout_s, client._token = base_url.rstrip("/"), timeout_s, token
+        return client
+
     def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method)

@@ -112,8 +112,8 @@ def run_gate(settings: Settings, usecase: UseCase, run_id: str, overrides: dict[
     outcome = apply_rules(settings, spec.name, mv.version, rules, by=by, mlflow_client=c)
     experiment = c.get_experiment_by_name(experiment_name(usecase.name))
     base = settings.mlflow.tracking_uri.rstrip("/")
-    report_url = (f"{base}/#/experiments/{experiment.experiment_id if experiment else 0}/runs/{mv.run_id}"
-                  "/artifacts/atelier/report/report.html")
-    return {"model": spec.name, "version": outcome.version, "from": outcome.start_stage, "to": outcome.final_stage,
-            "production": outcome.promoted_to_production, "summary": outcome.summary(), "report_url": report_url,
+    run_url = f"{base}/#/experiments/{experiment.experiment_id if experiment else 0}/runs/{mv.run_id}"
+    report_url = f"{run_url}/artifacts/atelier/report/report.html"
+    return {"usecase": usecase.name, "model": spec.name, "version": outcome.version, "from": outcome.start_stage,
+            "to": outcome.final_stage, "mlflow_run_url": run_url, "production": outcome.promoted_to_production, "summary": outcome.summary(), "report_url": report_url,
             "moves": outcome.moves}

@@ -273,6 +273,11 @@ def test_model_train_through_airflow(airflow, settings, usecase, offline_feature
     assert trail[0]["to"] == "training" and trail[1]["to"] == "evaluation"
     assert all(e["by"].startswith(("model_train", "rule")) for e in trail)
     assert tags["atelier.stage"] == trail[-1]["to"]
+    # The gate's task instance links back to what it judged: the console's training report and the MLflow run.
+    links = airflow._request("GET", f"/api/v2/dags/model_train/dagRuns/{run_id}/taskInstances/gate/links")
+    links = links["extra_links"]
+    assert links["Training report"].endswith(f"/atelier/usecases/{usecase.name}/models/{mv.version}/report")
+    assert links["MLflow run"].endswith(f"/runs/{mv.run_id}")
     # The production Asset is emitted exactly when the gate reached production.
     tasks = airflow._request("GET", f"/api/v2/dags/model_train/dagRuns/{run_id}/taskInstances")["task_instances"]
     announce = next(t for t in tasks if t["task_id"] == "announce_production")
