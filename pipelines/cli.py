@@ -278,8 +278,11 @@ def _demo_console(settings: Settings, usecase) -> None:
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
         started = time.monotonic()
         with urllib.request.urlopen(request, timeout=120) as page:  # noqa: S310 - the local API server
-            size = len(page.read())
-            print(f"  {page.status} {url} ({size:,} bytes, {time.monotonic() - started:.1f} s)")
+            body = page.read().decode(errors="replace")
+        if 'id="main"' not in body or "Not available: could not be read" in body:
+            raise CliError(f"the console page {url} did not render (answered {page.url}): is the plugin loaded? "
+                           f"see {settings.run_dir / 'airflow.log'}")
+        print(f"  {page.status} {url} ({len(body):,} bytes, {time.monotonic() - started:.1f} s)")
     models = data.model_versions(settings, usecase.name)
     print("  models: " + ", ".join(f"v{v['version']} {v['stage']}{' (' + ','.join(v['aliases']) + ')' if v['aliases'] else ''}"
                                    for v in models["versions"]))

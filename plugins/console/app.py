@@ -50,9 +50,13 @@ async def _user(request: Request) -> Any:
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
     from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.security import HTTPAuthorizationCredentials
 
+    header = request.headers.get("authorization", "")
+    bearer = (HTTPAuthorizationCredentials(scheme="Bearer", credentials=header[7:].strip())
+              if header[:7].lower() == "bearer " else None)
     try:
-        user = await get_user(request, None, None)
+        user = await get_user(request, None, bearer)  # a Bearer token (API clients) or the UI's session cookie
     except HTTPException as exc:
         if exc.status_code in (401, 403):
             raise _LoginRequired from None

@@ -72,6 +72,20 @@ def test_console_needs_an_airflow_session(base):
     assert "/auth/login" in answer.value.headers["Location"]
 
 
+def test_an_api_client_reads_it_with_a_bearer_token(base, settings):
+    from pipelines.cli import _airflow_client
+
+    token = _airflow_client(settings)._token
+    request = urllib.request.Request(f"{base}/atelier/usecases/flights_eta/rollouts",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.build_opener(_NoRedirect).open(request, timeout=60) as page:
+        assert page.status == 200 and b'id="main"' in page.read()
+    forged = urllib.request.Request(request.full_url, headers={"Authorization": "Bearer not-a-jwt"})
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.build_opener(_NoRedirect).open(forged, timeout=30)
+    assert answer.value.code == 303  # an invalid token is no session: back to Airflow's login
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
