@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,7 +113,10 @@ def check_view(spark: SparkSession, settings: Settings, features: FeatureSet, vi
     src = spark.read.parquet(lake.path(view.source))
     wanted = spark.createDataFrame([(*r.key, r.event_time) for r in online], [*view.keys, EVENT_TIME])
     src = src.join(F.broadcast(wanted.select(*view.keys).distinct()), list(view.keys), "inner")
-    offline_rows = compute_view(spark, lake, view, source=src).join(
+    # Only the instants the online values were computed at, reading just the history their windows need.
+    first = min(r.event_time for r in online)
+    last = max(r.event_time for r in online) + timedelta(microseconds=1)
+    offline_rows = compute_view(spark, lake, view, first, last, source=src).join(
         F.broadcast(wanted), [*view.keys, EVENT_TIME], "inner").collect()
     offline = {(tuple(r[k] for k in view.keys), r[EVENT_TIME].replace(tzinfo=UTC)): r for r in offline_rows}
     missing = 0
