@@ -22,7 +22,7 @@ from pipelines.usecases import SpecError, UseCase, get_usecase, list_usecases
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Unavailable", "drift_heatmap", "freshness", "indicator_series", "model_versions", "online_metrics",
+__all__ = ["Unavailable", "drift_heatmap", "online_by_version", "freshness", "indicator_series", "model_versions", "online_metrics",
            "overview", "rollouts", "training_report", "usecase"]
 
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -162,6 +162,22 @@ def online_metrics(settings: Settings, name: str) -> pd.DataFrame:
     except TableNotFound as exc:
         raise Unavailable(str(exc)) from None
     return frame[frame["segment"] == "all"].reset_index(drop=True)
+
+
+def online_by_version(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per serving version over every day it served: predictions, labelled, and the labelled-weighted error
+    and coverage (the Models page sets them beside the holdout metrics)."""
+    out: dict[str, dict[str, float]] = {}
+    for version, part in frame.groupby("model_version"):
+        labelled = float(part["labelled"].sum())
+        row = {"predictions": float(part["predictions"].sum()), "labelled": labelled,
+               "days": float(part["prediction_day"].nunique())}
+        for column in [c for c in part.columns if c in ("mae", "rmse", "bias") or c.startswith("coverage_")]:
+            valid = part[part[column].notna()]
+            weight = float(valid["labelled"].sum())
+            row[column] = float((valid[column] * valid["labelled"]).sum() / weight) if weight else float("nan")
+        out[str(version)] = row
+    return out
 
 
 def drift_heatmap(settings: Settings, name: str, *, last_days: int = 31) -> dict[str, Any]:

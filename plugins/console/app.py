@@ -191,13 +191,16 @@ def usecase_home(name: str, user: User) -> RedirectResponse:
 
 @app.get("/usecases/{name}/models", response_class=HTMLResponse)
 def models(request: Request, name: str, user: User) -> HTMLResponse:
-    from pipelines.console.data import model_versions
+    from pipelines.console.data import model_versions, online_by_version, online_metrics
     from plugins.console import charts
 
-    data, error = _panel(model_versions, _settings(), _usecase(name))
+    settings = _settings()
+    data, error = _panel(model_versions, settings, _usecase(name))
     chart = charts.metric_history(data) if data else None
+    online, online_error = _panel(online_metrics, settings, name)
+    served = online_by_version(online) if online is not None else {}
     return _page(request, "models.html", user, usecase=name, section="models", data=data, error=error,
-                 history_chart=chart)
+                 history_chart=chart, served=served, online_error=online_error)
 
 
 @app.get("/usecases/{name}/models/{version}/report", include_in_schema=False)

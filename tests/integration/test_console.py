@@ -75,7 +75,12 @@ def test_console_needs_an_airflow_session(base):
 def test_an_api_client_reads_it_with_a_bearer_token(base, settings):
     from pipelines.cli import _airflow_client
 
-    token = _airflow_client(settings)._token
+    client = _airflow_client(settings)
+    token = client._token
+    # Airflow knows the plugin: the app at /atelier and the "Atelier" navigation entry shown in its UI.
+    plugins = {p["name"]: p for p in client._request("GET", "/api/v2/plugins")["plugins"]}
+    assert [a["url_prefix"] for a in plugins["atelier_console"]["fastapi_apps"]] == ["/atelier"]
+    assert [v["name"] for v in plugins["atelier_console"]["external_views"]] == ["Atelier"]
     request = urllib.request.Request(f"{base}/atelier/usecases/flights_eta/rollouts",
                                      headers={"Authorization": f"Bearer {token}"})
     with urllib.request.build_opener(_NoRedirect).open(request, timeout=60) as page:

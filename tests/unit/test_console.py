@@ -160,3 +160,16 @@ def test_plotly_is_served_from_the_package(client):
     answer = client.get("/static/plotly.min.js")
     assert answer.status_code == 200 and b"plotly.js" in answer.content[:2000]
     assert answer.headers["content-type"].startswith("text/javascript")
+
+
+def test_online_figures_per_version_are_weighted_by_labelled_outcomes():
+    import pandas as pd
+
+    from pipelines.console.data import online_by_version
+
+    frame = pd.DataFrame({"model_version": ["1", "1", "2"], "prediction_day": ["2013-12-24", "2013-12-25", "2013-12-25"],
+                          "predictions": [100, 300, 50], "labelled": [100, 100, 0], "mae": [10.0, 20.0, float("nan")],
+                          "coverage_80": [0.8, 0.6, float("nan")]})
+    out = online_by_version(frame)
+    assert out["1"] == {"predictions": 400, "labelled": 200, "days": 2, "mae": 15.0, "coverage_80": 0.7}
+    assert out["2"]["labelled"] == 0 and out["2"]["mae"] != out["2"]["mae"]  # no outcome yet: NaN, not 0
