@@ -232,3 +232,37 @@ def test_a_tampered_confirmation_is_refused(page, base):
         page.click("#confirm")
     assert answer.value.status == 403
     assert "does not match" in page.content()
+
+
+def test_move_a_stage_from_the_console(page, base, settings, registered_model):
+    """Actions -> Move -> confirmation -> a model_lifecycle run as `admin` -> the version is archived, audited.
+
+    The version moved is a second registry version of the fixture's run, made for this test in `evaluation`
+    (so no other test's champion or challenger moves)."""
+    from pipelines.cli import _airflow_client
+    from pipelines.lifecycle.registry import audit_trail
+    from pipelines.models.registry import BUNDLE_ARTIFACT_PATH, STAGE_TAG, client
+
+    c = client(settings)
+    version = c.create_model_version(registered_model.name, f"runs:/{registered_model.run_id}/{BUNDLE_ARTIFACT_PATH}",
+                                     run_id=registered_model.run_id, tags={STAGE_TAG: "evaluation"}).version
+    page.goto(f"{base}/atelier/usecases/flights_eta/actions")
+    page.select_option("#move-version", str(version))
+    page.select_option("#move-stage", "archived")
+    page.fill("#move-why", "browser test: superseded")
+    page.get_by_role("button", name="Review stage move").click()
+    page.wait_for_selector("#confirm")
+    page.click("#confirm")
+    link = page.wait_for_selector("#run-link")
+    run_id = urllib.request.unquote(re.search(r"/runs/(.+)$", link.get_attribute("href")).group(1))
+    result = _airflow_client(settings).wait_for_run("model_lifecycle", run_id, timeout_s=600)
+    assert result.state == "success", result.failed_tasks
+    mv = c.get_model_version(registered_model.name, version)
+    assert mv.tags[STAGE_TAG] == "archived"
+    last = audit_trail(dict(mv.tags))[-1]
+    assert (last["from"], last["to"], last["why"]) == ("evaluation", "archived", "browser test: superseded")
+    assert last["by"] == f"admin via model_lifecycle/{run_id}"
+    page.goto(f"{base}/atelier/usecases/flights_eta/models")
+    row = page.locator("tbody tr", has=page.locator(f"th:text-is('v{version}')"))
+    assert "archived" in row.inner_text()
+    _shot(page, "09-moved")
