@@ -2,13 +2,13 @@
 (:mod:`pipelines.lifecycle.rules`) share: one tokenizer, one precedence-climbing (Pratt) parser and one way
 of pointing at an error.
 
-No ``eval`` and no Python ``ast``. Lexical rules, the same in both languages: whitespace is free and ``#``
-starts a comment to the end of the line; numbers are ``12``, ``0.5``, ``.5``, ``1e-3`` (finite doubles; a
-number glued to a letter, ``_`` or ``.`` is an error); strings are ``"..."`` or ``'...'`` on one line with the
-escapes of :data:`ESCAPES` plus ``\\uXXXX`` and ``\\UXXXXXXXX``; identifiers are ``[A-Za-z_][A-Za-z0-9_]*``,
-or any text between backticks; common operators of other languages get a hint (:data:`HINTS`). A
-:class:`Dialect` says what differs: the keywords (and whether their case matters), the punctuation, and
-whether ``[`` is followed by a raw name (the rules' ``metrics[val.rmse]``).
+No ``eval`` and no Python ``ast``. Lexical rules, the same in both languages: whitespace is free; numbers
+are ``12``, ``0.5``, ``.5``, ``1e-3`` (finite doubles; a number glued to a letter, ``_`` or ``.`` is an
+error); strings are ``"..."`` or ``'...'`` on one line with the escapes of :data:`ESCAPES` plus ``\\uXXXX``
+and ``\\UXXXXXXXX``; identifiers are ``[A-Za-z_][A-Za-z0-9_]*``, or any text between backticks; operators of
+other languages get a hint (:data:`HINTS`). A :class:`Dialect` says what differs: the keywords (and whether
+their case matters), the punctuation, whether ``[`` is followed by a raw name (the rules'
+``metrics[val.rmse]``) and whether ``#`` starts a comment.
 
 Binding power, lowest first (``+ - * /`` and ``and``/``or`` associate to the left, comparisons do not chain)::
 
@@ -42,6 +42,7 @@ HINTS = {
     "**": "'**' (power) is not supported",
 }
 ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+_KNOWN_ESCAPES = " ".join("\\" + letter for letter in ESCAPES) + " \\uXXXX \\UXXXXXXXX"
 _QUOTED = {char: "\\" + letter for letter, char in ESCAPES.items() if letter != "'"}
 
 
@@ -80,6 +81,7 @@ class Dialect:
     ignore_case: bool = False  # keywords in any case; a keyword token's value is then lowercase
     punctuation: str = ""  # one-character tokens beyond the operators and ( )
     bracket_name: re.Pattern[str] | None = None  # after '[', one raw name token of this pattern
+    comments: bool = True  # '#' to the end of the line
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,7 @@ def tokenize(text: str, dialect: Dialect) -> list[Token]:
         if c.isspace():
             i += 1
             continue
-        if c == "#":  # comment to the end of the line
+        if c == "#" and dialect.comments:
             while i < n and text[i] != "\n":
                 i += 1
             continue
@@ -210,7 +212,7 @@ def _scan_string(text: str, i: int) -> tuple[str, int]:
                 out.append(chr(code))
                 i += 2 + width
                 continue
-            raise ParseError(f"unknown escape \\{e}", i)
+            raise ParseError(f"unknown escape \\{e} (known: {_KNOWN_ESCAPES})", i)
         out.append(c)
         i += 1
 
