@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pipelines.lang import ParseError as _ParseError  # noqa: F401  (the checker's name for the core's error)
+from pipelines.lang import pointer
+
 
 class FeatureDefinitionError(ValueError):
     """A feature definition is invalid.
@@ -20,21 +23,6 @@ class FeatureDefinitionError(ValueError):
         self.column: int | None = None
         message = f"feature '{feature}': {reason}"
         if text is not None and offset is not None:
-            offset = max(0, min(offset, len(text)))
-            self.line = text.count("\n", 0, offset) + 1
-            line_start = text.rfind("\n", 0, offset) + 1
-            line_end = text.find("\n", offset)
-            line_end = len(text) if line_end == -1 else line_end
-            self.column = offset - line_start + 1
-            source_line = text[line_start:line_end]
-            message += f" (line {self.line}, column {self.column})\n    {source_line}\n    {' ' * (self.column - 1)}^"
+            self.line, self.column, where = pointer(text, offset)
+            message += where
         super().__init__(message)
-
-
-class _ParseError(Exception):
-    """Internal: raised by the parser and the checker without the feature name; turned into the public error."""
-
-    def __init__(self, reason: str, offset: int | None):
-        super().__init__(reason)
-        self.reason = reason
-        self.offset = offset

@@ -27,7 +27,8 @@ Public API
   ``Decision(promote, target_stage, clauses: list[ClauseResult], rule_text, no_champion)`` with
   ``failing_clauses`` (e.g. ``"metrics[mae] <= 5 (6.2 <= 5) is false"``) and ``notes``.
 * ``load_rules(data, source, known_metrics=None) -> list[Rule]`` validates a parsed ``rules.yaml``
-  mapping; ``load_rules_file(path, known_metrics=None)`` reads and validates the file.
+  mapping (a pydantic model: ``rules`` is a list of rule texts or ``{name, when, description}``, nothing
+  else); ``load_rules_file(path, known_metrics=None)`` reads and validates the file.
 * ``STAGES``, ``ALLOWED_TRANSITIONS``, ``allowed_targets(stage)``, ``check_transition(from_stage, to_stage)``.
 * Every error is a :class:`RuleError` (a ``ValueError``) whose message names the reason, the position
   (line and column, 1-based) and shows the offending line with a caret under the position; ``load_rules``
@@ -38,13 +39,15 @@ Language
 ``WHEN <condition> THEN PROMOTE TO <stage>``. Keywords (``WHEN THEN PROMOTE TO AND OR NOT``) and the
 reference namespaces (``metrics params tags champion``) are case-insensitive; metric/param/tag names are
 case-sensitive; stage names are case-insensitive and normalised to lowercase. Whitespace, including
-newlines, is free.
+newlines, is free. Numbers, strings, hints and the binding powers are the feature language's: both languages
+share one tokenizer and parser core, :mod:`pipelines.lang` (rules have no ``#`` comments: a folded YAML
+scalar is one line).
 
 Operands:
 
 =================================  ===================================================================
 ``12``, ``0.5``, ``.5``, ``1e-3``  numbers (finite; ``1e999`` is an error)
-``"text"``, ``'text'``             strings; escapes ``\\\\ \\" \\' \\n \\t``
+``"text"``, ``'text'``             strings on one line; escapes ``\\\\ \\" \\' \\n \\t \\r \\0 \\uXXXX \\UXXXXXXXX``
 ``metrics[name]``                  a candidate metric: a number
 ``champion.metrics[name]``         the same metric of the current champion: a number
 ``params[name]``                   a candidate parameter: string or number (decided when evaluated)
@@ -104,6 +107,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+
+from pipelines.lang import COMPARISONS, Dialect, ParseError, PrattParser, Token, pointer, quote
+
 __all__ = [
     "ALLOWED_TRANSITIONS",
     "STAGES",
@@ -162,20 +169,11 @@ class RuleError(ValueError):
             head += f"{self.rule}: "
         msg = head + self.reason
         if self.text is not None and self.position is not None:
-            line_no, col, line = _locate(self.text, self.position)
-            msg += f" (line {line_no}, column {col + 1})\n    {line}\n    {' ' * col}^"
+            msg += pointer(self.text, self.position)[2]
         return msg
 
     def in_context(self, source: str, rule: str) -> RuleError:
         return RuleError(self.reason, self.text, self.position, source, rule)
-
-
-def _locate(text: str, pos: int) -> tuple[int, int, str]:
-    pos = max(0, min(pos, len(text)))
-    start = text.rfind("\n", 0, pos) + 1
-    end = text.find("\n", pos)
-    end = len(text) if end < 0 else end
-    return text.count("\n", 0, pos) + 1, pos - start, text[start:end].replace("\t", " ")
 
 
 # ------------------------------------------------------------------------------------------------ AST
@@ -237,23 +235,18 @@ class Or:
 
 # ---------------------------------------------------------------------------------------------- printer
 _ARITH_PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
-_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*")
 
 
 def _fmt_value(v: Any) -> str:
     if v is None:
         return "?"
     if isinstance(v, str):
-        return _quote(v)
+        return quote(v)
     if isinstance(v, bool):
         return str(v)
     if isinstance(v, float):
         return repr(v)
     return str(v)
-
-
-def _quote(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
 
 
 def _ref_text(r: Ref) -> str:
@@ -278,7 +271,7 @@ def _show(n: Any, values: Mapping[str, Any] | None = None) -> str:
     if isinstance(n, Num):
         return repr(n.value) if isinstance(n.value, float) else str(n.value)
     if isinstance(n, Str):
-        return _quote(n.value)
+        return quote(n.value)
     if isinstance(n, Ref):
         text = _ref_text(n)
         return _fmt_value(values.get(text)) if values is not None else text
@@ -350,293 +343,114 @@ class Rule:
         return self.canonical
 
 
-# ----------------------------------------------------------------------------------------------- lexer
-@dataclass(frozen=True)
-class _Tok:
-    kind: str  # num str word name [ ] ( ) . op cmp eof
-    value: Any
-    pos: int
-    end: int
-
-
-_KEYWORDS = {"when", "then", "promote", "to", "and", "or", "not"}
-_NAMESPACES = ("metrics", "params", "tags", "champion")
-_NUM_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t"}
-
-
-def _tokenize(text: str) -> list[_Tok]:
-    toks: list[_Tok] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c.isspace():
-            i += 1
-            continue
-        if c.isdigit() or (c == "." and i + 1 < n and text[i + 1].isdigit()):
-            m = _NUM_RE.match(text, i)
-            assert m is not None
-            raw = m.group()
-            if m.end() < n and (text[m.end()].isalnum() or text[m.end()] in "_."):
-                raise RuleError(f"malformed number {text[i:m.end() + 1]!r}", text, i)
-            value: int | float = float(raw) if any(ch in raw for ch in ".eE") else int(raw)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise RuleError(f"number {raw} is out of range", text, i)
-            toks.append(_Tok("num", value, i, m.end()))
-            i = m.end()
-        elif c in "\"'":
-            j, out = i + 1, []
-            while True:
-                if j >= n:
-                    raise RuleError("unterminated string literal", text, i)
-                ch = text[j]
-                if ch == c:
-                    break
-                if ch == "\\":
-                    if j + 1 >= n or text[j + 1] not in _ESCAPES:
-                        raise RuleError("invalid escape in string literal (use \\\\ \\\" \\' \\n \\t)", text, j)
-                    out.append(_ESCAPES[text[j + 1]])
-                    j += 2
-                    continue
-                out.append(ch)
-                j += 1
-            toks.append(_Tok("str", "".join(out), i, j + 1))
-            i = j + 1
-        elif c == "[":
-            toks.append(_Tok("[", "[", i, i + 1))
-            j = i + 1
-            while j < n and text[j] in " \t":
-                j += 1
-            m = _NAME_RE.match(text, j)
-            if m is None:
-                raise RuleError("expected a name inside [...]", text, j)
-            toks.append(_Tok("name", m.group(), j, m.end()))
-            i = m.end()
-        elif c.isalpha() or c == "_":
-            m = _WORD_RE.match(text, i)
-            assert m is not None
-            toks.append(_Tok("word", m.group(), i, m.end()))
-            i = m.end()
-        elif text.startswith(("<=", ">=", "==", "!="), i):
-            toks.append(_Tok("cmp", text[i:i + 2], i, i + 2))
-            i += 2
-        elif c in "<>":
-            toks.append(_Tok("cmp", c, i, i + 1))
-            i += 1
-        elif c == "=":
-            raise RuleError("'=' is not an operator; use '==' to compare", text, i)
-        elif c in "+-*/":
-            toks.append(_Tok("op", c, i, i + 1))
-            i += 1
-        elif c in "]().":
-            toks.append(_Tok(c, c, i, i + 1))
-            i += 1
-        else:
-            raise RuleError(f"unexpected character {c!r}", text, i)
-    toks.append(_Tok("eof", None, n, n))
-    return toks
-
-
 # ---------------------------------------------------------------------------------------------- parser
-_NUMBER, _STRING, _ANY = "number", "string", "string or number"
+# The tokenizer and the precedence climbing are pipelines.lang's; this parser builds typed rule nodes,
+# (node, type) pairs, and checks the types as it goes so that every error points where it arises.
+_DIALECT = Dialect(keywords=frozenset({"when", "then", "promote", "to", "and", "or", "not"}), ignore_case=True,
+                   punctuation="[].", bracket_name=re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*"),
+                   comments=False)  # a folded YAML scalar is one line: a comment would swallow THEN
+_NAMESPACES = ("metrics", "params", "tags", "champion")
+_NUMBER, _STRING, _ANY, _CONDITION = "number", "string", "string or number", "condition"
 _ORDERING = {"<", "<=", ">", ">="}
+_OPERAND = "expected a number, a string, metrics[...], champion.metrics[...], params[...], tags[...] or '('"
 
 
-def _describe(t: _Tok) -> str:
-    if t.kind == "eof":
-        return "end of rule"
-    if t.kind == "str":
-        return f"string {_quote(t.value)}"
-    return repr(str(t.value))
+class _Parser(PrattParser):
+    END, NAME = "end of rule", ""
 
-
-class _Parser:
     def __init__(self, text: str, known_metrics: set[str] | frozenset[str] | None):
-        self.text = text
-        self.toks = _tokenize(text)
-        self.i = 0
+        super().__init__(text, _DIALECT)
         self.known = known_metrics
 
-    # helpers
-    @property
-    def tok(self) -> _Tok:
-        return self.toks[self.i]
+    def expect_kw(self, word: str, context: str) -> None:
+        if not self.at("kw", word):
+            raise ParseError(f"expected {word.upper()} {context}, found {self.describe(self.tok)}", self.tok.pos)
+        self.advance()
 
-    def is_kw(self, word: str, t: _Tok | None = None) -> bool:
-        t = t or self.tok
-        return t.kind == "word" and t.value.lower() == word
-
-    def error(self, reason: str, pos: int | None = None) -> RuleError:
-        return RuleError(reason, self.text, self.tok.pos if pos is None else pos)
-
-    def expect_kw(self, word: str, context: str) -> _Tok:
-        t = self.tok
-        if not self.is_kw(word):
-            raise self.error(f"expected {word.upper()} {context}, found {_describe(t)}")
-        self.i += 1
-        return t
-
-    def expect(self, kind: str, what: str) -> _Tok:
-        t = self.tok
-        if t.kind != kind:
-            raise self.error(f"expected {what}, found {_describe(t)}")
-        self.i += 1
-        return t
-
-    # grammar
     def rule(self) -> tuple[Any, str]:
         self.expect_kw("when", "at the start of a rule")
-        cond = self.or_expr()
+        condition = self.condition(self.expression())
         self.expect_kw("then", "after the condition")
         self.expect_kw("promote", "after THEN")
         self.expect_kw("to", "after PROMOTE")
-        t = self.tok
-        if t.kind != "word" or t.value.lower() in _KEYWORDS:
-            raise self.error(f"expected a stage name after PROMOTE TO, found {_describe(t)}; "
-                             f"known stages: {', '.join(STAGES)}")
-        stage = t.value.lower()
+        t = self.advance()
+        known = f"known stages: {', '.join(STAGES)}"
+        if t.kind != "ident":
+            raise ParseError(f"expected a stage name after PROMOTE TO, found {self.describe(t)}; {known}", t.pos)
+        stage = t.text.lower()
         if stage not in STAGES:
             hint = difflib.get_close_matches(stage, STAGES, n=1, cutoff=0.5)
             did = f"did you mean {hint[0]!r}? " if hint else ""
-            raise self.error(f"unknown stage {t.value!r}; {did}known stages: {', '.join(STAGES)}")
-        self.i += 1
+            raise ParseError(f"unknown stage {t.text!r}; {did}{known}", t.pos)
         if self.tok.kind != "eof":
-            raise self.error(f"unexpected {_describe(self.tok)} after the target stage")
-        return cond, stage
+            raise ParseError(f"unexpected {self.describe(self.tok)} after the target stage", self.tok.pos)
+        return condition, stage
 
-    def or_expr(self) -> Any:
-        node = self.and_expr()
-        while self.is_kw("or"):
-            self.i += 1
-            node = Or(node, self.and_expr())
-        return node
+    def condition(self, typed: tuple[Any, str]) -> Any:
+        """The node of a condition. A value where a condition belongs is reported at the token after it."""
+        if typed[1] != _CONDITION:
+            raise ParseError(f"expected a comparison operator (< <= > >= == !=), found {self.describe(self.tok)}",
+                             self.tok.pos)
+        return typed[0]
 
-    def and_expr(self) -> Any:
-        node = self.not_expr()
-        while self.is_kw("and"):
-            self.i += 1
-            node = And(node, self.not_expr())
-        return node
+    def literal(self, tok: Token) -> tuple[Any, str]:
+        return (Num(tok.value), _NUMBER) if tok.kind == "num" else (Str(tok.value), _STRING)
 
-    def not_expr(self) -> Any:
-        if self.is_kw("not"):
-            self.i += 1
-            return Not(self.not_expr())
-        if self.tok.kind == "(":
-            # "(" opens either a grouped condition or a parenthesised arithmetic operand: try the former,
-            # and fall back to a comparison when it is not a whole condition followed by a boolean context.
-            start = self.i
-            try:
-                self.i += 1
-                inner = self.or_expr()
-                self.expect(")", "')'")
-                if self.tok.kind not in ("cmp", "op"):
-                    return inner
-            except RuleError as first:
-                self.i = start
-                try:
-                    return self.comparison()
-                except RuleError as second:
-                    raise (first if (first.position or 0) > (second.position or 0) else second) from None
-            self.i = start
-        return self.comparison()
+    def unary(self, tok: Token, operand: tuple[Any, str]) -> tuple[Any, str]:
+        if tok.value == "not":
+            return Not(self.condition(operand)), _CONDITION
+        node, ty = operand
+        if ty in (_STRING, _CONDITION):
+            raise ParseError(f"type error: unary '-' needs a number, got {ty} {_show(node)}", tok.pos)
+        return Neg(node), _NUMBER
 
-    def comparison(self) -> Any:
-        left, lt = self.arith()
-        t = self.tok
-        if t.kind != "cmp":
-            raise self.error(f"expected a comparison operator (< <= > >= == !=), found {_describe(t)}")
-        self.i += 1
-        right, rt = self.arith()
-        if self.tok.kind == "cmp":
-            raise self.error("comparisons cannot be chained; write 'a < b AND b < c'")
-        if _NUMBER in (lt, rt) and _STRING in (lt, rt):
-            raise self.error(f"type error: cannot compare {lt} {_show(left)} with {rt} {_show(right)} "
-                             f"using '{t.value}'", t.pos)
-        if t.value in _ORDERING and _STRING in (lt, rt):
-            raise self.error(f"type error: strings can only be compared with == or !=, not '{t.value}'", t.pos)
-        return Compare(t.value, left, right)
+    def infix(self, tok: Token, left: tuple[Any, str], power: int) -> tuple[Any, str]:
+        if tok.value in ("and", "or"):
+            self.condition(left)
+        return super().infix(tok, left, power)
 
-    def arith(self) -> tuple[Any, str]:
-        node, ty = self.term()
-        while self.tok.kind == "op" and self.tok.value in "+-":
-            op = self.tok
-            self.i += 1
-            right, rty = self.term()
-            self.check_numeric(op, node, ty, right, rty)
-            node, ty = BinOp(op.value, node, right), _NUMBER
-        return node, ty
+    def binary(self, tok: Token, left: tuple[Any, str], right: tuple[Any, str]) -> tuple[Any, str]:
+        op, (a, at), (b, bt) = tok.value, left, right
+        if op in ("and", "or"):
+            return (And if op == "and" else Or)(a, self.condition(right)), _CONDITION
+        if op in COMPARISONS:
+            if _CONDITION in (at, bt) or {at, bt} == {_NUMBER, _STRING}:
+                raise ParseError(f"type error: cannot compare {at} {_show(a)} with {bt} {_show(b)} using '{op}'",
+                                 tok.pos)
+            if op in _ORDERING and _STRING in (at, bt):
+                raise ParseError(f"type error: strings can only be compared with == or !=, not '{op}'", tok.pos)
+            return Compare(op, a, b), _CONDITION
+        for node, ty in (left, right):
+            if ty in (_STRING, _CONDITION):
+                raise ParseError(f"type error: '{op}' needs numbers, got {ty} {_show(node)}", tok.pos)
+        return BinOp(op, a, b), _NUMBER
 
-    def term(self) -> tuple[Any, str]:
-        node, ty = self.unary()
-        while self.tok.kind == "op" and self.tok.value in "*/":
-            op = self.tok
-            self.i += 1
-            right, rty = self.unary()
-            self.check_numeric(op, node, ty, right, rty)
-            node, ty = BinOp(op.value, node, right), _NUMBER
-        return node, ty
-
-    def check_numeric(self, op: _Tok, left: Any, lt: str, right: Any, rt: str) -> None:
-        for node, ty in ((left, lt), (right, rt)):
-            if ty == _STRING:
-                raise self.error(f"type error: '{op.value}' needs numbers, got string {_show(node)}", op.pos)
-
-    def unary(self) -> tuple[Any, str]:
-        if self.tok.kind == "op" and self.tok.value == "-":
-            op = self.tok
-            self.i += 1
-            node, ty = self.unary()
-            if ty == _STRING:
-                raise self.error(f"type error: unary '-' needs a number, got string {_show(node)}", op.pos)
-            return Neg(node), _NUMBER
-        return self.primary()
-
-    def primary(self) -> tuple[Any, str]:
-        t = self.tok
-        if t.kind == "num":
-            self.i += 1
-            return Num(t.value), _NUMBER
-        if t.kind == "str":
-            self.i += 1
-            return Str(t.value), _STRING
-        if t.kind == "(":
-            self.i += 1
-            node, ty = self.arith()
-            self.expect(")", "')'")
-            return node, ty
-        if t.kind == "word" and t.value.lower() in _NAMESPACES:
-            return self.reference()
-        expected = ("expected a number, a string, metrics[...], champion.metrics[...], params[...], tags[...] "
-                    "or '('")
-        if t.kind == "word" and t.value.lower() not in _KEYWORDS:
-            hint = difflib.get_close_matches(t.value.lower(), _NAMESPACES, n=1)
+    def atom(self, tok: Token) -> tuple[Any, str]:
+        if tok.kind == "ident" and tok.text.lower() in _NAMESPACES:
+            return self.reference(tok.text.lower())
+        if tok.kind == "ident":
+            hint = difflib.get_close_matches(tok.value.lower(), _NAMESPACES, n=1)
             did = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise self.error(f"unknown name {t.value!r}: {expected}{did}")
-        raise self.error(f"{expected}, found {_describe(t)}")
+            raise ParseError(f"unknown name {tok.value!r}: {_OPERAND}{did}", tok.pos)
+        raise ParseError(f"{_OPERAND}, found {self.describe(tok)}", tok.pos)
 
-    def reference(self) -> tuple[Any, str]:
-        t = self.tok
-        self.i += 1
-        scope, kind = "candidate", t.value.lower()
+    def reference(self, kind: str) -> tuple[Any, str]:
+        scope = "candidate"
         if kind == "champion":
-            self.expect(".", "'.' after champion (champion.metrics[...])")
-            k = self.tok
-            if k.kind != "word" or k.value.lower() != "metrics":
-                raise self.error(f"expected metrics after 'champion.' (only champion.metrics[...] is "
-                                 f"supported), found {_describe(k)}")
-            self.i += 1
+            self.expect(".", "after champion (champion.metrics[...])")
+            t = self.advance()
+            if t.kind != "ident" or t.text.lower() != "metrics":
+                raise ParseError("expected metrics after 'champion.' (only champion.metrics[...] is supported), "
+                                 f"found {self.describe(t)}", t.pos)
             scope, kind = "champion", "metrics"
-        self.expect("[", f"'[' after {kind}")
-        name = self.expect("name", "a name")
-        self.expect("]", "']'")
+        self.expect("[", f"after {kind}")
+        name = self.advance()  # the dialect reads a name after every '['
+        self.expect("]")
         if kind == "metrics" and self.known is not None and name.value not in self.known:
             did = _suggest(name.value, self.known)
             known = ", ".join(sorted(self.known)) or "none"
-            raise RuleError(f"unknown metric {name.value!r}{did} (known metrics: {known})", self.text, name.pos)
-        ty = {"metrics": _NUMBER, "tags": _STRING, "params": _ANY}[kind]
-        return Ref(kind, name.value, scope), ty
+            raise ParseError(f"unknown metric {name.value!r}{did} (known metrics: {known})", name.pos)
+        return Ref(kind, name.value, scope), {"metrics": _NUMBER, "tags": _STRING, "params": _ANY}[kind]
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
@@ -654,7 +468,12 @@ def parse_rule(text: str, known_metrics: set[str] | frozenset[str] | None = None
         raise RuleError(f"a rule must be a string, got {type(text).__name__}")
     if not text.strip():
         raise RuleError("empty rule: expected 'WHEN <condition> THEN PROMOTE TO <stage>'")
-    cond, stage = _Parser(text, known_metrics).rule()
+    try:
+        cond, stage = _Parser(text, known_metrics).rule()
+    except ParseError as e:
+        raise RuleError(e.reason, text, e.offset) from None
+    except RecursionError:
+        raise RuleError("the rule is nested too deeply") from None
     return Rule(text=text, target_stage=stage, condition=cond, name=name)
 
 
@@ -748,7 +567,7 @@ class _Evaluator:
             try:
                 f = float(v)
             except ValueError:
-                raise self.unknown(f"{_show(node)} = {_quote(v)} is not a number") from None
+                raise self.unknown(f"{_show(node)} = {quote(v)} is not a number") from None
             if math.isnan(f):
                 raise self.unknown(f"{_show(node)} is NaN")
             return f
@@ -879,53 +698,76 @@ def evaluate(rule: Rule, candidate: ModelFacts, champion: ModelFacts | None = No
 
 
 # ------------------------------------------------------------------------------------------------ loading
+class _RuleEntry(BaseModel):
+    """One item of ``rules:``: a mapping, or the rule text alone."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: StrictStr | None = Field(None, pattern=r"\S")
+    when: StrictStr
+    description: StrictStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_alone(cls, data: Any) -> Any:
+        return {"when": data} if isinstance(data, str) else data
+
+
+class _RulesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rules: list[_RuleEntry] | None = None
+
+
+def _rule_label(i: int, item: Any) -> str:
+    name = item.get("name") if isinstance(item, Mapping) else None
+    return f"rule #{i} ({name!r})" if isinstance(name, str) and name.strip() else f"rule #{i}"
+
+
+def _invalid(exc: ValidationError, data: Any, source: str) -> RuleError:
+    """The first problem pydantic found, said in the words of the rules file (file, rule, reason)."""
+    errors = exc.errors()
+    loc, kind, value = errors[0]["loc"], errors[0]["type"], errors[0]["input"]
+    extra = ", ".join(sorted(str(e["loc"][-1]) for e in errors
+                             if e["type"] == "extra_forbidden" and e["loc"][:-1] == loc[:-1]))
+    if not loc:
+        return RuleError(f"expected a mapping with a 'rules' list, got {type(value).__name__}", source=source)
+    if loc[0] != "rules":
+        return RuleError(f"unknown top-level key(s) {extra}; expected only 'rules'", source=source)
+    if len(loc) == 1:
+        return RuleError(f"'rules' must be a list, got {type(value).__name__}", source=source)
+    where = _rule_label(int(loc[1]), data["rules"][loc[1]])
+    if len(loc) == 2:
+        reason = f"expected a rule string or a mapping, got {type(value).__name__}"
+    elif kind == "extra_forbidden":
+        reason = f"unknown key(s) {extra}; expected name, when, description"
+    elif kind == "missing":
+        reason = "missing 'when' (the rule text)"
+    elif loc[2] == "name":
+        reason = f"'name' must be a non-empty string, got {value!r}"
+    else:
+        reason = f"'{loc[2]}' must be a string, got {type(value).__name__}"
+    return RuleError(reason, source=source, rule=where)
+
+
 def load_rules(data: Any, source: str, known_metrics: set[str] | frozenset[str] | None = None) -> list[Rule]:
     """Validate a parsed ``rules.yaml``: ``{"rules": [<rule text> | {"name": str, "when": <rule text>,
     "description": str}, ...]}``. Errors name ``source``, the rule (index and name) and the reason."""
     if data is None:
         return []
-    if not isinstance(data, Mapping):
-        raise RuleError(f"expected a mapping with a 'rules' list, got {type(data).__name__}", source=source)
-    extra = sorted(str(k) for k in data if k != "rules")
-    if extra:
-        raise RuleError(f"unknown top-level key(s) {', '.join(extra)}; expected only 'rules'", source=source)
-    items = data.get("rules")
-    if items is None:
-        return []
-    if not isinstance(items, list):
-        raise RuleError(f"'rules' must be a list, got {type(items).__name__}", source=source)
+    try:
+        entries = _RulesFile.model_validate(data).rules or []
+    except ValidationError as exc:
+        raise _invalid(exc, data, source) from None
     rules: list[Rule] = []
     seen: dict[str, int] = {}
-    for i, item in enumerate(items):
-        where = f"rule #{i}"
-        name: str | None = None
-        if isinstance(item, str):
-            text = item
-        elif isinstance(item, Mapping):
-            name = item.get("name")
-            if name is not None:
-                if not isinstance(name, str) or not name.strip():
-                    raise RuleError(f"'name' must be a non-empty string, got {name!r}", source=source, rule=where)
-                where = f"rule #{i} ({name!r})"
-            unknown = sorted(str(k) for k in item if k not in ("name", "when", "description"))
-            if unknown:
-                raise RuleError(f"unknown key(s) {', '.join(unknown)}; expected name, when, description",
-                                source=source, rule=where)
-            if "when" not in item:
-                raise RuleError("missing 'when' (the rule text)", source=source, rule=where)
-            text = item["when"]
-            if not isinstance(text, str):
-                raise RuleError(f"'when' must be a string, got {type(text).__name__}", source=source, rule=where)
-        else:
-            raise RuleError(f"expected a rule string or a mapping, got {type(item).__name__}",
-                            source=source, rule=where)
-        if name is not None:
-            if name in seen:
-                raise RuleError(f"duplicate rule name {name!r} (also rule #{seen[name]})", source=source,
+    for i, entry in enumerate(entries):
+        where = _rule_label(i, {"name": entry.name})
+        if entry.name is not None:
+            if entry.name in seen:
+                raise RuleError(f"duplicate rule name {entry.name!r} (also rule #{seen[entry.name]})", source=source,
                                 rule=where)
-            seen[name] = i
+            seen[entry.name] = i
         try:
-            rules.append(parse_rule(text, known_metrics, name=name))
+            rules.append(parse_rule(entry.when, known_metrics, name=entry.name))
         except RuleError as e:
             raise e.in_context(source, where) from None
     return rules

@@ -170,7 +170,7 @@ def test_names_inside_brackets_are_case_sensitive():
         ("WHEN metrics[mae] < 1 $ THEN PROMOTE TO staging", "unexpected character '$'", 23),
         ("WHEN metrics[mae] = 1 THEN PROMOTE TO staging", "use '==' to compare", 19),
         ("WHEN tags[a] == \"x THEN PROMOTE TO staging", "unterminated string literal", 17),
-        ("WHEN tags[a] == \"\\q\" THEN PROMOTE TO staging", "invalid escape", 18),
+        ("WHEN tags[a] == \"\\q\" THEN PROMOTE TO staging", "unknown escape \\q", 18),
         ("WHEN metrics[] < 1 THEN PROMOTE TO staging", "expected a name inside [...]", 14),
         ("WHEN metrics[mae < 1 THEN PROMOTE TO staging", "expected ']', found '<'", 18),
         ("WHEN metrics mae < 1 THEN PROMOTE TO staging", "expected '[' after metrics, found 'mae'", 14),
@@ -181,11 +181,11 @@ def test_names_inside_brackets_are_case_sensitive():
         ("WHEN metrics[mae] THEN PROMOTE TO staging", "expected a comparison operator", 19),
         ("WHEN metrics[mae] < THEN PROMOTE TO staging", "expected a number, a string, metrics[...]", 21),
         ("WHEN 1 < 2 < 3 THEN PROMOTE TO staging", "comparisons cannot be chained", 12),
-        ("WHEN (metrics[mae] < 1 THEN PROMOTE TO staging", "expected ')', found 'THEN'", 24),
+        ("WHEN (metrics[mae] < 1 THEN PROMOTE TO staging", "expected ')' to close '(', found 'THEN'", 24),
         ("WHEN metrics[mae] < 1) THEN PROMOTE TO staging", "expected THEN after the condition, found ')'", 22),
-        ("WHEN metrics[mae] < 1e999 THEN PROMOTE TO staging", "number 1e999 is out of range", 21),
-        ("WHEN metrics[mae] < 1.2.3 THEN PROMOTE TO staging", "malformed number '1.2.'", 21),
-        ("WHEN metrics[mae] < 5x THEN PROMOTE TO staging", "malformed number '5x'", 21),
+        ("WHEN metrics[mae] < 1e999 THEN PROMOTE TO staging", "number literal 1e999 is out of the range of a double", 21),
+        ("WHEN metrics[mae] < 1.2.3 THEN PROMOTE TO staging", "invalid number literal '1.2.'", 21),
+        ("WHEN metrics[mae] < 5x THEN PROMOTE TO staging", "invalid number literal '5x'", 21),
         ("WHEN metrics[mae] < 1 AND THEN PROMOTE TO staging", "found 'THEN'", 27),
     ],
 )
@@ -208,6 +208,47 @@ def test_error_position_in_a_multi_line_rule():
     msg = str(info.value)
     assert "(line 2, column 28)" in msg
     assert msg.endswith("      AND metrics[cov] >= 0.88 0.9\n" + " " * 31 + "^")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment", "column"),
+    [
+        ("metrics[a] AND 1 < 2", "expected a comparison operator (< <= > >= == !=), found 'AND'", 17),
+        ("NOT metrics[a]", "expected a comparison operator (< <= > >= == !=), found 'THEN'", 21),
+        ("1 < 2 AND metrics[a] OR 2 < 3", "expected a comparison operator (< <= > >= == !=), found 'OR'", 27),
+        ("(1 < 2) + 3 > 1", "type error: '+' needs numbers, got condition 1 < 2", 14),
+        ("(1 < 2) == (3 < 4)", "type error: cannot compare condition 1 < 2 with condition 3 < 4 using '=='", 14),
+        ("-(1 < 2) > 0", "type error: unary '-' needs a number, got condition 1 < 2", 6),
+        ("metrics[a] > 1 # note", "unexpected character '#'", 21),
+        ("metrics[a] && 1 < 2", "'&&' is not an operator: use 'and'", 17),
+    ],
+)
+def test_conditions_and_values_stay_apart(text, fragment, column):
+    with pytest.raises(RuleError) as info:
+        parse_rule(f"WHEN {text} THEN PROMOTE TO staging")
+    assert fragment in str(info.value)
+    assert f"(line 1, column {column})" in str(info.value)
+
+
+def test_rules_and_features_share_the_lexical_rules_and_the_caret():
+    from pipelines.features import FeatureDefinitionError, parse_feature
+
+    rule = "WHEN\tmetrics[mae] < 1.5x THEN PROMOTE TO staging"
+    with pytest.raises(RuleError) as rule_error:
+        parse_rule(rule)
+    with pytest.raises(FeatureDefinitionError) as feature_error:
+        parse_feature("f", "x\t+ 1.5x", {"x": "double"})
+    for err in (rule_error.value, feature_error.value):
+        assert "invalid number literal '1.5x'" in str(err)
+        assert str(err).splitlines()[-2].count("\t") == 0  # tabs shown as spaces, so the caret lines up
+    assert str(rule_error.value).endswith("column 21)\n    " + rule.replace("\t", " ") + "\n    " + " " * 20 + "^")
+    assert parse_rule('WHEN tags[a] == "\\u00e9\\r" THEN PROMOTE TO staging').condition.right == Str("\u00e9\r")
+    assert str(parse_rule("WHEN tags[a] == 'a\\rb' THEN PROMOTE TO staging")).startswith('WHEN tags[a] == "a\\rb"')
+
+
+def test_deep_nesting_is_a_rule_error_not_a_crash():
+    with pytest.raises(RuleError, match="nested too deeply"):
+        parse_rule("WHEN " + "(" * 5000 + "1 > 0" + ")" * 5000 + " THEN PROMOTE TO staging")
 
 
 def test_unknown_stage_lists_the_known_ones():
@@ -447,6 +488,12 @@ def test_load_rules_file_reports_yaml_errors(tmp_path):
         ({"rules": [{"name": "a"}]}, "uc/rules.yaml: rule #0 ('a'): missing 'when' (the rule text)"),
         ({"rules": [{"name": "a", "when": 5}]}, "uc/rules.yaml: rule #0 ('a'): 'when' must be a string, got int"),
         ({"rules": [{"name": "", "when": EXAMPLE}]}, "uc/rules.yaml: rule #0: 'name' must be a non-empty string"),
+        ({"rules": [{"name": "  ", "when": EXAMPLE}]}, "uc/rules.yaml: rule #0: 'name' must be a non-empty string"),
+        ({"rules": [{"name": "a", "when": EXAMPLE, "description": 3}]},
+         "uc/rules.yaml: rule #0 ('a'): 'description' must be a string, got int"),
+        ({"rules": [{"name": "a", "when": EXAMPLE, "then": "x", "else": "y"}]},
+         "uc/rules.yaml: rule #0 ('a'): unknown key(s) else, then; expected name, when, description"),
+        ({"rules": [], "rule": [], "version": 1}, "uc/rules.yaml: unknown top-level key(s) rule, version; expected only"),
         ({"rules": [{"name": "a", "when": EXAMPLE, "then": "x"}]},
          "uc/rules.yaml: rule #0 ('a'): unknown key(s) then; expected name, when, description"),
         ({"rules": [{"name": "a", "when": EXAMPLE}, {"name": "a", "when": EXAMPLE}]},
