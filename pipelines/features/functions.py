@@ -123,10 +123,6 @@ def strict2(fa: Fn, fb: Fn, g: Callable[[Any, Any], Any]) -> Fn:
     return strict2
 
 
-def no_nan(r: float) -> float | None:
-    return r if r == r else None
-
-
 def spark_literal(F, value, dtype: str):
     if value is None:
         return F.lit(None) if dtype == NULL else F.lit(None).cast(SPARK_TYPES[dtype])

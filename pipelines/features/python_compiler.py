@@ -33,12 +33,11 @@ from pipelines.features.tree import (
     STRING,
     TIMESTAMP,
 )
+from pipelines.timestamps import from_micros, to_micros
 
 Row = Mapping[str, Any]
 Fn = Callable[[Any], Any]
 
-EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
-EPOCH_NAIVE = datetime(1970, 1, 1)
 EPOCH_DATE = date(1970, 1, 1)
 US_PER_DAY = 86_400_000_000
 SCALE_BITS = 1074  # every finite double is an integer multiple of 2**-1074
@@ -50,16 +49,13 @@ def _bad(name: str, value: Any, want: str):
     return TypeError(f"column '{name}': expected {want} (or None), got {type(value).__name__} {value!r}")
 
 
-def to_micros(value: Any, name: str = "?") -> int | None:
-    """A timestamp input as epoch microseconds: aware or naive (= UTC) datetime, pandas Timestamp, numpy
+def timestamp_micros(value: Any, name: str = "?") -> int | None:
+    """A timestamp input as epoch microseconds: an aware or naive (= UTC) datetime, pandas Timestamp, numpy
     datetime64; None/NaT/NaN -> None. Sub-microsecond digits are dropped (floor), as Spark does."""
     if value is None:
         return None
     if isinstance(value, datetime):
-        if value != value:  # pandas NaT
-            return None
-        td = value - (EPOCH_NAIVE if value.tzinfo is None else EPOCH_UTC)
-        return (td.days * 86_400 + td.seconds) * 1_000_000 + td.microseconds
+        return None if value != value else to_micros(value, name, naive_is_utc=True)  # value != value: NaT
     if type(value).__name__ == "datetime64":
         import numpy as np
 
@@ -97,7 +93,7 @@ def event_micros(value: Any, name: str = "?") -> int | None:
     """An event time (timestamp or date column) as epoch microseconds; a date counts as its UTC midnight."""
     if isinstance(value, date) and not isinstance(value, datetime):
         return (value - EPOCH_DATE).days * US_PER_DAY
-    return to_micros(value, name)
+    return timestamp_micros(value, name)
 
 
 def _reader(name: str, dtype: str) -> Fn:
@@ -153,7 +149,7 @@ def _reader(name: str, dtype: str) -> Fn:
         return read_bool
     if dtype == TIMESTAMP:
         def read_timestamp(row):
-            return to_micros(row.get(name), name)
+            return timestamp_micros(row.get(name), name)
         return read_timestamp
     if dtype == DATE:
         def read_date(row):
@@ -239,7 +235,7 @@ def _binary(node: tree.Binary) -> Fn:
 
 def _output(dtype: str) -> Callable[[Any], Any] | None:
     if dtype == TIMESTAMP:
-        return lambda v: None if v is None else EPOCH_UTC + timedelta(microseconds=v)
+        return lambda v: None if v is None else from_micros(v)
     return None
 
 

@@ -30,8 +30,8 @@ from pipelines.features import (
     parse_feature,
     with_features,
 )
-from pipelines.features.python_compiler import to_micros
 from pipelines.features.unicode_case import _LOWER_EXTRA, _UPPER_EXTRA
+from pipelines.timestamps import to_micros
 
 pytestmark = pytest.mark.integration
 
