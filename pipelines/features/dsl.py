@@ -60,26 +60,33 @@ Row-level functions (any null argument gives null unless stated):
 ``-x``                          negation (int: -(-2**63) -> null)
 comparisons, ``and or not``     SQL three-valued logic (``null and false`` is false)
 ``if(c, a, b)``                 ``a`` when ``c`` is true, else ``b`` (a null condition takes ``b``)
-``log(x)``, ``log1p(x)``        natural log; x <= 0 (log1p: x <= -1) -> null; log(inf) = inf
+``log(x)``                      natural log; x <= 0 -> null; log(inf) = inf
+``log1p(x)``                    log(1 + x); x <= -1 -> null
 ``abs(x)``                      same type (int: abs(-2**63) -> null)
 ``clip(x, lo, hi)``             min(max(x, lo), hi) (so hi wins if lo > hi); numeric, any expression
-``bucketize(x, [e1, ..., en])`` number of edges <= x, in 0..n: buckets are ``[e_i, e_i+1)``, x < e1 -> 0,
-                                x >= en -> n, -inf -> 0, inf -> n. Edges: strictly increasing number
-                                literals (= numpy.digitize(x, edges) = bisect_right(edges, x))
+``bucketize(x, [e1, ..., en])`` number of edges <= x, in 0..n: buckets are ``[e_i, e_i+1)``, x < e1 ->
+                                0, x >= en -> n, -inf -> 0, inf -> n. Edges: strictly increasing
+                                number literals (= numpy.digitize(x, edges) = bisect_right(edges, x))
 ``coalesce(a, b, ...)``         first non-null
 ``is_null(x)``                  true/false, never null (NaN inputs are null, so is_null(NaN) is true)
-``lower(s)``, ``upper(s)``      full Unicode case mapping (Spark 4.3's: Unicode 16, ß -> SS, final sigma);
-                                nested conversions apply only the outer one: upper(lower(s)) = upper(s)
+``lower(s)``                    full Unicode lowercase mapping (Spark 4.3's: Unicode 16, final sigma);
+                                nested conversions apply only the outer one: lower(upper(s)) =
+                                lower(s)
+``upper(s)``                    full Unicode uppercase mapping (Spark 4.3's: Unicode 16, ß -> SS);
+                                upper(lower(s)) = upper(s)
 ``concat(a, b, ...)``           strings and ints (ints in decimal); any null -> null
-``category_index(x, cats)``    ``category_index(x, ["a", "b"])`` or ``(x, [...], default)``: 0-based index
-                                of x among the literal categories (strings or ints, no duplicates);
-                                unknown -> default (-1 unless given); null -> null
+``category_index(x, cats)``     ``category_index(x, ["a", "b"])`` or ``(x, [...], default)``: 0-based
+                                index of x among the literal categories (strings or ints, no
+                                duplicates); unknown -> default (-1 unless given); null -> null
 ``hash_bucket(x, n)``           CRC-32 (zlib/IEEE 802.3, as Spark's ``crc32``) of the UTF-8 bytes of x
-                                (an int: of its decimal text), mod n; in 0..n-1. n: positive int literal
-``hour(ts, "Area/City")``       local hour 0..23 at instant ts in the IANA zone (a string literal; it must
-                                be known to Python's zoneinfo at load time and to the JVM when compiled
-                                for Spark: Java 17.0.15 lacks zones added in 2025, e.g. America/Coyhaique)
-``day_of_week(ts, tz)``         local weekday, Monday = 0 .. Sunday = 6; ``day_of_week(date)`` for dates
+                                (an int: of its decimal text), mod n; in 0..n-1. n: positive int
+                                literal
+``hour(ts, "Area/City")``       local hour 0..23 at instant ts in the IANA zone (a string literal; it
+                                must be known to Python's zoneinfo at load time and to the JVM when
+                                compiled for Spark: Java 17.0.15 lacks zones added in 2025, e.g.
+                                America/Coyhaique)
+``day_of_week(ts, tz)``         local weekday, Monday = 0 .. Sunday = 6; ``day_of_week(date)`` for
+                                dates
 ``month(ts, tz)``               local month 1..12; ``month(date)`` for dates
 ``minutes_between(a, b)``       (b - a) in minutes, a double (positive when b is later)
 =============================  ======================================================================
@@ -137,10 +144,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pipelines.features.checker import DTYPES, FeatureExpr, check_feature
+from pipelines.features.checker import FeatureExpr, check_feature
 from pipelines.features.errors import FeatureDefinitionError
 from pipelines.features.python_compiler import EntityHistory, compile_row
 from pipelines.features.python_compiler import evaluate_history as _evaluate_history
+from pipelines.features.tree import DTYPES
 
 if TYPE_CHECKING:
     from collections.abc import Callable

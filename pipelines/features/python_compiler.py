@@ -6,23 +6,25 @@ timestamps (Spark's own representation), ``datetime.date`` for dates, and None f
 normalised at the boundary (the column readers): NaN, pandas NaT and None are null; numpy scalars become
 Python ones; a naive datetime is taken as UTC. A result that is a timestamp is returned as an aware UTC
 ``datetime``. Everything the Spark compiler does is mirrored here operation by operation; the comments name
-the Spark expression each closure stands for.
+the Spark expression each closure stands for (the functions' closures are in :mod:`.functions`).
 """
 
 from __future__ import annotations
 
 import math
 import operator
-import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from pipelines.features.checker import (
+from pipelines.features import tree
+from pipelines.features.checker import FeatureExpr
+from pipelines.features.functions import FUNCTIONS, strict, strict2
+from pipelines.features.tree import (
+    ARITH,
     BOOL,
+    COMPARE,
     DATE,
     DOUBLE,
     INT,
@@ -30,97 +32,16 @@ from pipelines.features.checker import (
     INT64_MIN,
     STRING,
     TIMESTAMP,
-    Agg,
-    Binary,
-    Call,
-    Cast,
-    Column,
-    FeatureExpr,
-    If,
-    Literal,
-    Node,
-    Unary,
 )
+from pipelines.timestamps import from_micros, to_micros
 
 Row = Mapping[str, Any]
 Fn = Callable[[Any], Any]
 
-EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
-EPOCH_NAIVE = datetime(1970, 1, 1)
 EPOCH_DATE = date(1970, 1, 1)
 US_PER_DAY = 86_400_000_000
 SCALE_BITS = 1074  # every finite double is an integer multiple of 2**-1074
 SCALE = 1 << SCALE_BITS
-
-# Spark 4.3 case-maps with ICU (Unicode 16); Python 3.11's str.lower/upper know Unicode 14. These are all the
-# code points where the two differ (found by mapping every code point in both); the Python side adds them.
-_LOWER_EXTRA = {0x1C89: 0x1C8A, 0xA7CB: 0x0264, 0xA7CC: 0xA7CD, 0xA7CE: 0xA7CF, 0xA7D2: 0xA7D3, 0xA7D4: 0xA7D5,
-                0xA7DA: 0xA7DB, 0xA7DC: 0x019B,
-                **{c: c + 0x20 for c in range(0x10D50, 0x10D66)},
-                **{c: c + 0x1B for c in range(0x16EA0, 0x16EB9)}}
-_UPPER_EXTRA = {v: k for k, v in _LOWER_EXTRA.items()}
-# Lowercasing a capital sigma depends on its neighbours (Unicode's Final_Sigma: a cased letter before it, none
-# after it, case-ignorable characters skipped): these are the code points whose class for that rule differs
-# between ICU's Unicode 16 and Python 3.11 ("c" cased, "i" case-ignorable, "n" neither), found like the
-# table above by lowercasing "A<c>Σ" and "1<c>Σ" for every code point in both.
-_SIGMA_CLASS_RANGES = [
-    (0x295, 0x295, "n"), (0x897, 0x897, "i"), (0xECE, 0xECE, "i"), (0x1ACF, 0x1ADD, "i"), (0x1AE0, 0x1AEB, "i"),
-    (0x1C89, 0x1C8A, "c"), (0xA7CB, 0xA7CF, "c"), (0xA7D2, 0xA7D2, "c"), (0xA7D4, 0xA7D4, "c"),
-    (0xA7DA, 0xA7DC, "c"), (0xA7F1, 0xA7F1, "i"), (0x10D4E, 0x10D4E, "i"), (0x10D50, 0x10D65, "c"),
-    (0x10D69, 0x10D6D, "i"), (0x10D6F, 0x10D6F, "i"), (0x10D70, 0x10D85, "c"), (0x10EC5, 0x10EC5, "i"),
-    (0x10EFA, 0x10EFF, "i"), (0x11241, 0x11241, "i"), (0x113BB, 0x113C0, "i"), (0x113CE, 0x113CE, "i"),
-    (0x113D0, 0x113D0, "i"), (0x113D2, 0x113D2, "i"), (0x113E1, 0x113E2, "i"), (0x1171E, 0x1171E, "n"),
-    (0x11B60, 0x11B60, "i"), (0x11B62, 0x11B64, "i"), (0x11B66, 0x11B66, "i"), (0x11DD9, 0x11DD9, "i"),
-    (0x11F00, 0x11F01, "i"), (0x11F36, 0x11F3A, "i"), (0x11F40, 0x11F40, "i"), (0x11F42, 0x11F42, "i"),
-    (0x11F5A, 0x11F5A, "i"), (0x13439, 0x13440, "i"), (0x13447, 0x13455, "i"), (0x1611E, 0x16129, "i"),
-    (0x1612D, 0x1612F, "i"), (0x16D40, 0x16D42, "i"), (0x16D6B, 0x16D6C, "i"), (0x16EA0, 0x16EB8, "c"),
-    (0x16EBB, 0x16ED3, "c"), (0x16FF2, 0x16FF3, "i"), (0x1DF25, 0x1DF2A, "c"), (0x1E030, 0x1E06D, "i"),
-    (0x1E08F, 0x1E08F, "i"), (0x1E4EB, 0x1E4EF, "i"), (0x1E5EE, 0x1E5EF, "i"), (0x1E6E3, 0x1E6E3, "i"),
-    (0x1E6E6, 0x1E6E6, "i"), (0x1E6EE, 0x1E6EF, "i"), (0x1E6F5, 0x1E6F5, "i"), (0x1E6FF, 0x1E6FF, "i"),
-]
-_SIGMA_CLASS = {chr(c): k for a, b, k in _SIGMA_CLASS_RANGES for c in range(a, b + 1)}
-_SIGMA_CONTEXT = frozenset(_SIGMA_CLASS)
-CAPITAL_SIGMA, SMALL_SIGMA, FINAL_SIGMA = "\u03a3", "\u03c3", "\u03c2"
-
-
-@lru_cache(maxsize=4096)
-def _sigma_class(ch: str) -> str:
-    k = _SIGMA_CLASS.get(ch)
-    if k is not None:
-        return k
-    if ("1" + ch + CAPITAL_SIGMA).lower()[-1] == FINAL_SIGMA:  # Python's own class, by the same probes
-        return "c"
-    return "i" if ("A" + ch + CAPITAL_SIGMA).lower()[-1] == FINAL_SIGMA else "n"
-
-
-def _is_final_sigma(s: str, i: int) -> bool:
-    j = i - 1
-    while j >= 0 and _sigma_class(s[j]) == "i":
-        j -= 1
-    if j < 0 or _sigma_class(s[j]) != "c":
-        return False
-    j = i + 1
-    while j < len(s) and _sigma_class(s[j]) == "i":
-        j += 1
-    return j == len(s) or _sigma_class(s[j]) != "c"
-
-
-def spark_lower(s: str) -> str:
-    """``lower`` as Spark 4.3 (ICU, Unicode 16) computes it."""
-    if s.isascii():
-        return s.lower()
-    if CAPITAL_SIGMA in s and not _SIGMA_CONTEXT.isdisjoint(s):
-        # Only the capital sigma is context-dependent: map the rest character by character.
-        s = "".join((FINAL_SIGMA if _is_final_sigma(s, i) else SMALL_SIGMA) if ch == CAPITAL_SIGMA else ch.lower()
-                    for i, ch in enumerate(s))
-        return s.translate(_LOWER_EXTRA)
-    return s.lower().translate(_LOWER_EXTRA)
-
-
-def spark_upper(s: str) -> str:
-    """``upper`` as Spark 4.3 computes it (no context rules)."""
-    return s.upper() if s.isascii() else s.upper().translate(_UPPER_EXTRA)
-
 
 # --- boundary: reading input values -------------------------------------------------------------------------
 
@@ -128,16 +49,13 @@ def _bad(name: str, value: Any, want: str):
     return TypeError(f"column '{name}': expected {want} (or None), got {type(value).__name__} {value!r}")
 
 
-def to_micros(value: Any, name: str = "?") -> int | None:
-    """A timestamp input as epoch microseconds: aware or naive (= UTC) datetime, pandas Timestamp, numpy
+def timestamp_micros(value: Any, name: str = "?") -> int | None:
+    """A timestamp input as epoch microseconds: an aware or naive (= UTC) datetime, pandas Timestamp, numpy
     datetime64; None/NaT/NaN -> None. Sub-microsecond digits are dropped (floor), as Spark does."""
     if value is None:
         return None
     if isinstance(value, datetime):
-        if value != value:  # pandas NaT
-            return None
-        td = value - (EPOCH_NAIVE if value.tzinfo is None else EPOCH_UTC)
-        return (td.days * 86_400 + td.seconds) * 1_000_000 + td.microseconds
+        return None if value != value else to_micros(value, name, naive_is_utc=True)  # value != value: NaT
     if type(value).__name__ == "datetime64":
         import numpy as np
 
@@ -175,7 +93,7 @@ def event_micros(value: Any, name: str = "?") -> int | None:
     """An event time (timestamp or date column) as epoch microseconds; a date counts as its UTC midnight."""
     if isinstance(value, date) and not isinstance(value, datetime):
         return (value - EPOCH_DATE).days * US_PER_DAY
-    return to_micros(value, name)
+    return timestamp_micros(value, name)
 
 
 def _reader(name: str, dtype: str) -> Fn:
@@ -231,7 +149,7 @@ def _reader(name: str, dtype: str) -> Fn:
         return read_bool
     if dtype == TIMESTAMP:
         def read_timestamp(row):
-            return to_micros(row.get(name), name)
+            return timestamp_micros(row.get(name), name)
         return read_timestamp
     if dtype == DATE:
         def read_date(row):
@@ -242,94 +160,51 @@ def _reader(name: str, dtype: str) -> Fn:
 
 # --- the closures -------------------------------------------------------------------------------------------
 
-def _compile(node: Node) -> Fn:
-    if isinstance(node, Literal):
+def _compile(node: tree.Node) -> Fn:
+    if isinstance(node, tree.Literal):
         value = node.value  # the checker only makes int, double, string, bool and null literals
         return lambda row: value
-    if isinstance(node, Column):
+    if isinstance(node, tree.Column):
         return _reader(node.name, node.dtype)
-    if isinstance(node, Cast):  # CAST(x AS DOUBLE)
-        f = _compile(node.child)
-
-        def cast(row):
-            v = f(row)
-            return None if v is None else float(v)
-        return cast
-    if isinstance(node, Unary):
+    if isinstance(node, tree.Cast):  # CAST(x AS DOUBLE)
+        return strict(_compile(node.child), float)
+    if isinstance(node, tree.Unary):
         f = _compile(node.child)
         if node.op == "not":
-            def not_(row):
-                v = f(row)
-                return None if v is None else not v
-            return not_
+            return strict(f, operator.not_)
         if node.dtype == INT:  # try_subtract(0, x)
-            def neg_int(row):
-                v = f(row)
-                return None if v is None or v == INT64_MIN else -v
-            return neg_int
-
-        def neg(row):
-            v = f(row)
-            return None if v is None else -v
-        return neg
-    if isinstance(node, Binary):
+            return strict(f, lambda v: None if v == INT64_MIN else -v)
+        return strict(f, operator.neg)
+    if isinstance(node, tree.Binary):
         return _binary(node)
-    if isinstance(node, If):  # CASE WHEN c THEN a ELSE b END: a null condition takes the else branch
-        fc, ft, fo = _compile(node.cond), _compile(node.then), _compile(node.other)
-        return lambda row: ft(row) if fc(row) is True else fo(row)
-    if isinstance(node, Call):
-        return _call(node)
-    if isinstance(node, Agg):
+    if isinstance(node, tree.Call):
+        return FUNCTIONS[node.fn].python(node, [_compile(a) for a in node.args])
+    if isinstance(node, tree.Agg):
         index = node.index
         return lambda row: row.aggs[index]
     raise AssertionError(node)
 
 
-_COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
-            ">=": operator.ge}
-_ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+def _kleene(fa: Fn, fb: Fn, decisive: bool) -> Fn:
+    """``and`` (decisive False) and ``or`` (decisive True) in SQL's three-valued logic."""
+    def kleene(row):
+        a = fa(row)
+        if a is decisive:
+            return decisive
+        b = fb(row)
+        if b is decisive:
+            return decisive
+        return None if a is None or b is None else not decisive
+    return kleene
 
 
-def _binary(node: Binary) -> Fn:
+def _binary(node: tree.Binary) -> Fn:
     op = node.op
     fa, fb = _compile(node.left), _compile(node.right)
-    if op == "and":  # Kleene logic, as SQL
-        def and_(row):
-            a = fa(row)
-            if a is False:
-                return False
-            b = fb(row)
-            if b is False:
-                return False
-            return None if a is None or b is None else True
-        return and_
-    if op == "or":
-        def or_(row):
-            a = fa(row)
-            if a is True:
-                return True
-            b = fb(row)
-            if b is True:
-                return True
-            return None if a is None or b is None else False
-        return or_
-    if op in _COMPARE:
-        cmp = _COMPARE[op]
-        if isinstance(node.right, Literal):
-            const = node.right.value
-
-            def compare_const(row):
-                a = fa(row)
-                return None if a is None else cmp(a, const)
-            return compare_const
-
-        def compare(row):
-            a = fa(row)
-            if a is None:
-                return None
-            b = fb(row)
-            return None if b is None else cmp(a, b)
-        return compare
+    if op in ("and", "or"):
+        return _kleene(fa, fb, op == "or")
+    if op in COMPARE:
+        return strict2(fa, fb, COMPARE[op])
     if op == "/":  # try_divide(double, double): x / 0 -> null; NaN -> null
         def div(row):
             a = fa(row)
@@ -341,28 +216,10 @@ def _binary(node: Binary) -> Fn:
             r = a / b
             return r if r == r else None
         return div
-    fn = _ARITH[op]
-    if node.dtype == INT:  # try_add / try_subtract / try_multiply on bigint: overflow -> null
-        def arith_int(row):
-            a = fa(row)
-            if a is None:
-                return None
-            b = fb(row)
-            if b is None:
-                return None
-            r = fn(a, b)
-            return r if INT64_MIN <= r <= INT64_MAX else None
-        return arith_int
-    if isinstance(node.right, Literal):
-        const = node.right.value
-
-        def arith_const(row):
-            a = fa(row)
-            if a is None:
-                return None
-            r = fn(a, const)
-            return r if r == r else None
-        return arith_const
+    # int: try_add / try_subtract / try_multiply on bigint, overflow -> null; double: NaN -> null (out of
+    # [-inf, inf], as NaN compares false)
+    fn = ARITH[op]
+    lo, hi = (INT64_MIN, INT64_MAX) if node.dtype == INT else (-math.inf, math.inf)
 
     def arith(row):
         a = fa(row)
@@ -372,165 +229,13 @@ def _binary(node: Binary) -> Fn:
         if b is None:
             return None
         r = fn(a, b)
-        return r if r == r else None
+        return r if lo <= r <= hi else None
     return arith
-
-
-def _local_time(micros: int, zone: ZoneInfo) -> datetime | None:
-    """The wall-clock time in ``zone`` at an instant (Spark: from_utc_timestamp(ts, zone))."""
-    try:
-        return datetime.fromtimestamp(micros // 1_000_000, zone)
-    except (OverflowError, ValueError, OSError):
-        return None
-
-
-def _call(node: Call) -> Fn:
-    fn, params = node.fn, node.params
-    fs = [_compile(a) for a in node.args]
-    f = fs[0]
-    if fn == "log":  # ln(x) for x > 0, else null
-        log = math.log
-
-        def log_(row):
-            x = f(row)
-            return None if x is None or x <= 0.0 else log(x)
-        return log_
-    if fn == "log1p":  # log1p(x) for x > -1, else null
-        log1p = math.log1p
-
-        def log1p_(row):
-            x = f(row)
-            return None if x is None or x <= -1.0 else log1p(x)
-        return log1p_
-    if fn == "abs":
-        if node.dtype == INT:
-            def abs_int(row):
-                x = f(row)
-                return None if x is None or x == INT64_MIN else abs(x)
-            return abs_int
-
-        def abs_(row):
-            x = f(row)
-            return None if x is None else abs(x)
-        return abs_
-    if fn == "clip":  # least(greatest(x, lo), hi), null if any is null
-        flo, fhi = fs[1], fs[2]
-
-        def clip(row):
-            x = f(row)
-            if x is None:
-                return None
-            lo, hi = flo(row), fhi(row)
-            if lo is None or hi is None:
-                return None
-            m = x if x >= lo else lo
-            return m if m <= hi else hi
-        return clip
-    if fn == "bucketize":  # number of edges <= x
-        edges = params["edges"]
-
-        def bucketize(row):
-            x = f(row)
-            return None if x is None else bisect_right(edges, x)
-        return bucketize
-    if fn == "coalesce":
-        def coalesce(row):
-            for g in fs:
-                v = g(row)
-                if v is not None:
-                    return v
-            return None
-        return coalesce
-    if fn == "is_null":
-        return lambda row: f(row) is None
-    if fn == "lower":
-        def lower(row):
-            s = f(row)
-            if s is None:
-                return None
-            return s.lower() if s.isascii() else spark_lower(s)
-        return lower
-    if fn == "upper":
-        def upper(row):
-            s = f(row)
-            if s is None:
-                return None
-            return s.upper() if s.isascii() else spark_upper(s)
-        return upper
-    if fn == "concat":  # concat(...) with ints cast to string; any null -> null
-        kinds = [a.dtype == INT for a in node.args]
-
-        def concat(row):
-            parts = []
-            for g, is_int in zip(fs, kinds, strict=True):
-                v = g(row)
-                if v is None:
-                    return None
-                parts.append(str(v) if is_int else v)
-            return "".join(parts)
-        return concat
-    if fn == "category_index":  # array_position(categories, x) - 1, unknown -> default
-        lookup = {c: i for i, c in enumerate(params["categories"])}
-        default = params["default"]
-        get = lookup.get
-
-        def category_index(row):
-            x = f(row)
-            return None if x is None else get(x, default)
-        return category_index
-    if fn == "hash_bucket":  # crc32(cast(x as binary)) % n: CRC-32 (zlib/IEEE) of the UTF-8 bytes
-        n = params["n"]
-        crc32 = zlib.crc32
-        if node.args[0].dtype == INT:
-            def hash_int(row):
-                x = f(row)
-                return None if x is None else crc32(str(x).encode("ascii")) % n
-            return hash_int
-
-        def hash_bucket(row):
-            x = f(row)
-            return None if x is None else crc32(x.encode("utf-8", "surrogatepass")) % n
-        return hash_bucket
-    if fn in ("hour", "day_of_week", "month"):
-        if node.args[0].dtype == DATE:
-            if fn == "day_of_week":  # weekday(d): Monday = 0
-                return lambda row: None if (d := f(row)) is None else d.weekday()
-            return lambda row: None if (d := f(row)) is None else d.month
-        zone = ZoneInfo(params["tz"])
-        if fn == "hour":
-            def hour(row):
-                m = f(row)
-                local = None if m is None else _local_time(m, zone)
-                return None if local is None else local.hour
-            return hour
-        if fn == "day_of_week":
-            def day_of_week(row):
-                m = f(row)
-                local = None if m is None else _local_time(m, zone)
-                return None if local is None else local.weekday()
-            return day_of_week
-
-        def month(row):
-            m = f(row)
-            local = None if m is None else _local_time(m, zone)
-            return None if local is None else local.month
-        return month
-    if fn == "minutes_between":  # (unix_micros(end) - unix_micros(start)) / 6e7
-        fb = fs[1]
-
-        def minutes_between(row):
-            a = f(row)
-            if a is None:
-                return None
-            b = fb(row)
-            return None if b is None else float(b - a) / 60_000_000.0
-        return minutes_between
-    raise AssertionError(fn)
 
 
 def _output(dtype: str) -> Callable[[Any], Any] | None:
     if dtype == TIMESTAMP:
-        return lambda v: None if v is None else EPOCH_UTC + timedelta(microseconds=v)
+        return lambda v: None if v is None else from_micros(v)
     return None
 
 
@@ -604,7 +309,7 @@ def _quantile(sorted_at: Callable[[int], float], count: int, q: float) -> float 
     return r if r == r else None
 
 
-def aggregate_values(agg: Agg, values: Sequence[Any]) -> Any:
+def aggregate_values(agg: tree.Agg, values: Sequence[Any]) -> Any:
     """One aggregation over the (non-null, in-window) values: the definition the engine implements."""
     n = len(values)
     fn = agg.fn
@@ -676,11 +381,11 @@ class EntityHistory:
         # Per aggregation: its argument for each event in time order (None: null, or count(window)'s row).
         self._values = [[1] * len(order) if fa is None else [fa(self.events[i]) for i in order]
                         for fa in arg_fns]
-        self._outer = None if isinstance(feature.root, Agg) else _compile(feature.root)
+        self._outer = None if isinstance(feature.root, tree.Agg) else _compile(feature.root)
         self._out = _output(feature.dtype)
         self._prefix_cache: dict[int, tuple[list, ...]] = {}
 
-    def _window(self, t: int, agg: Agg) -> tuple[int, int]:
+    def _window(self, t: int, agg: tree.Agg) -> tuple[int, int]:
         return bisect_right(self._times, t - agg.window_us), bisect_right(self._times, t)
 
     def _finish(self, row: Row | None, aggs: list) -> Any:
@@ -717,7 +422,7 @@ class EntityHistory:
                 result[i] = self._finish(self.events[i], nulls)
         return result
 
-    def _prefixes(self, k: int, agg: Agg) -> tuple[list, ...]:
+    def _prefixes(self, k: int, agg: tree.Agg) -> tuple[list, ...]:
         """Prefix counts of non-null values and, for sum/mean, prefix exact sums (ints, or doubles scaled by
         2**1074) and prefix counts of +inf and -inf; built once per aggregation."""
         cached = self._prefix_cache.get(k)
@@ -748,7 +453,7 @@ class EntityHistory:
         cached = self._prefix_cache[k] = (counts, totals, pinfs, ninfs)
         return cached
 
-    def _prefix_query(self, k: int, agg: Agg, lo: int, hi: int) -> Any:
+    def _prefix_query(self, k: int, agg: tree.Agg, lo: int, hi: int) -> Any:
         counts, totals, pinfs, ninfs = self._prefixes(k, agg)
         c = counts[hi] - counts[lo]
         if agg.fn == "count":
@@ -759,7 +464,7 @@ class EntityHistory:
         return _double_sum(totals[hi] - totals[lo], c, pinfs[hi] - pinfs[lo], ninfs[hi] - ninfs[lo],
                            mean=(agg.fn == "mean"))
 
-    def _sweep(self, k: int, agg: Agg) -> list:
+    def _sweep(self, k: int, agg: tree.Agg) -> list:
         """The aggregation as of each sorted event's time: prefix sums for count/sum/mean; for min/max/quantile
         an order-statistics tree over value ranks, slid along with the window. O(n log n)."""
         times, n, window, values = self._times, len(self._times), agg.window_us, self._values[k]
@@ -773,7 +478,7 @@ class EntityHistory:
             by_rank = [values[i] for i in ranked]
             if fn == "quantile":
                 by_rank = [float(v) for v in by_rank]
-            tree = _Fenwick(len(ranked))
+            ranks = _Fenwick(len(ranked))
             in_window = added = removed = 0
         lo = j = 0
         while j < n:
@@ -786,22 +491,22 @@ class EntityHistory:
             else:
                 while added < hi:
                     if present[added]:
-                        tree.add(rank_of[added], 1)
+                        ranks.add(rank_of[added], 1)
                         in_window += 1
                     added += 1
                 while removed < lo:
                     if present[removed]:
-                        tree.add(rank_of[removed], -1)
+                        ranks.add(rank_of[removed], -1)
                         in_window -= 1
                     removed += 1
                 if in_window == 0:
                     value = None
                 elif fn == "min":
-                    value = by_rank[tree.kth(0)]
+                    value = by_rank[ranks.kth(0)]
                 elif fn == "max":
-                    value = by_rank[tree.kth(in_window - 1)]
+                    value = by_rank[ranks.kth(in_window - 1)]
                 else:
-                    value = _quantile(lambda r: by_rank[tree.kth(r)], in_window, agg.q)
+                    value = _quantile(lambda r: by_rank[ranks.kth(r)], in_window, agg.q)
             for m in range(j, hi):
                 out[m] = value
             j = hi

@@ -30,7 +30,8 @@ from pipelines.features import (
     parse_feature,
     with_features,
 )
-from pipelines.features.python_compiler import _LOWER_EXTRA, _UPPER_EXTRA, to_micros
+from pipelines.features.unicode_case import _LOWER_EXTRA, _UPPER_EXTRA
+from pipelines.timestamps import to_micros
 
 pytestmark = pytest.mark.integration
 
@@ -461,8 +462,7 @@ def test_time_zones_agree_between_python_and_the_jvm(spark):
 
     from pyspark.sql import functions as F
 
-    from pipelines.features.python_compiler import _local_time
-    from pipelines.features.spark_compiler import _local_micros
+    from pipelines.features.functions import local_time, spark_local_micros
 
     jvm_zones = set(spark.sparkContext._jvm.java.time.ZoneId.getAvailableZoneIds())
     python_zones = {z for z in available_timezones() if "/" in z and not z.startswith(("posix/", "right/"))}
@@ -472,10 +472,10 @@ def test_time_zones_agree_between_python_and_the_jvm(spark):
     instants = [datetime(2013, m, d, h, tzinfo=UTC) for m, d in [(3, 10), (3, 31), (10, 27), (11, 3)]
                 for h in (0, 6, 7)] + [datetime(1890, 1, 1, 12, 34, 56, tzinfo=UTC)]
     df = spark.createDataFrame([(z, t) for z in zones for t in instants], "tz string, ts timestamp")
-    got = df.select("tz", F.unix_micros("ts").alias("ts"), _local_micros(F.col("ts"), F.col("tz")).alias("local"))
+    got = df.select("tz", F.unix_micros("ts").alias("ts"), spark_local_micros(F, F.col("ts"), F.col("tz")).alias("local"))
     bad = []
     for r in got.collect():
-        local = _local_time(r.ts, ZoneInfo(r.tz))
+        local = local_time(r.ts, ZoneInfo(r.tz))
         expected = _micros(local.replace(tzinfo=UTC)) + r.ts % 1_000_000
         if expected != r.local:
             bad.append((r.tz, _from_micros(r.ts), local, _from_micros(r.local)))

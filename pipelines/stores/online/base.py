@@ -54,9 +54,11 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, ClassVar
+
+from pipelines.timestamps import EPOCH, from_micros, to_micros
 
 FEATURE_TYPES = ("double", "bigint", "string", "boolean")
 """Feature value types. double = IEEE float64, bigint = signed 64-bit integer, string = UTF-8 text."""
@@ -76,7 +78,6 @@ MAX_TTL_SECONDS = 630_720_000
 """20 years: Cassandra's maximum TTL."""
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = 1_000_000
 _LAST = itemgetter(-1)
 
@@ -280,20 +281,6 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "double": _to_double, "bigint": _to_bigint, "string": _to_string, "boolean": _to_boolean,
 }
 KEY_CONVERTERS: dict[str, Callable[[Any], Any]] = {"bigint": _to_bigint, "string": _to_key_string}
-
-
-def to_micros(value: Any, what: str) -> int:
-    """A timezone-aware datetime as integer microseconds since the epoch (UTC)."""
-    if not isinstance(value, datetime):
-        raise ValueError(f"{what} must be a timezone-aware datetime, got {type(value).__name__} {value!r:.60}")
-    if value.utcoffset() is None:
-        raise ValueError(f"{what} must be timezone-aware (e.g. tzinfo=datetime.UTC), got naive {value}")
-    d = value - EPOCH
-    return (d.days * 86400 + d.seconds) * _US + d.microseconds
-
-
-def from_micros(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
 
 
 def now_micros(now: datetime | None) -> int:
