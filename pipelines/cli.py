@@ -423,19 +423,15 @@ def _drill(settings: Settings, usecase: str, bias: float, overrides: dict[str, A
 def _demo_feedback(settings: Settings, usecase) -> None:
     from datetime import date
 
-    import httpx
-
     from pipelines.monitoring.replay import replay
     from pipelines.monitoring.report import metrics_frame, metrics_text
     from pipelines.spark import get_spark
+    from serving.demo import wait_until_ready
 
     first, end = (date.fromisoformat(d) for d in DEMO_FEATURE_WINDOW)
     with _api_running(settings):
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{_api_base(settings)}/readyz", timeout=5).status_code != 200:
-            if time.monotonic() > deadline:
-                raise CliError("the prediction API is not ready: see .atelier/run/api.log")
-            time.sleep(1)
+        if wait_until_ready(_api_base(settings)).status_code != 200:
+            raise CliError("the prediction API is not ready: see .atelier/run/api.log")
         spark = get_spark(settings, "atelier-demo-replay")
         try:
             result = replay(settings, spark, usecase.name, first, end, api_url=_api_base(settings),

@@ -13,13 +13,16 @@ import os
 import sys
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import REPO_ROOT, Settings
 from pipelines.services import Supervisor
 from pipelines.services.base import ServiceSpec
 
-__all__ = ["api_spec", "run_demo_requests"]
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["api_spec", "run_demo_requests", "wait_until_ready"]
 
 
 def api_spec(settings: Settings) -> ServiceSpec:
@@ -60,6 +63,21 @@ def _flights(settings: Settings, limit: int) -> list[dict[str, Any]]:
              "flight": f"{r.carrier}{r.flight}", "actual": float(r.arr_delay)} for r in frame.itertuples()]
 
 
+def wait_until_ready(base_url: str, timeout_s: float = 60.0) -> httpx.Response:
+    """Poll the API's ``/readyz`` each second until it answers 200 or ``timeout_s`` passes; its last answer.
+    An API that does not answer at all raises (httpx.TransportError): it is started before this is called."""
+    import httpx
+    from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+    def last_answer(state: RetryCallState) -> httpx.Response:
+        assert state.outcome is not None
+        return state.outcome.result()
+
+    return Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(1),
+                    retry=retry_if_result(lambda r: r.status_code != 200),
+                    retry_error_callback=last_answer)(httpx.get, f"{base_url}/readyz", timeout=5)
+
+
 def run_demo_requests(settings: Settings, *, n_single: int = 5, n_batch: int = 20, keep_running: bool = False) -> str:
     """Start the API (if not running), call it for real flights, return the text to print."""
     import httpx
@@ -82,11 +100,7 @@ def run_demo_requests(settings: Settings, *, n_single: int = 5, n_batch: int = 2
     if settings.api.auth_required:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        deadline = time.monotonic() + 60
-        ready = httpx.get(f"{base}/readyz", timeout=5)
-        while ready.status_code != 200 and time.monotonic() < deadline:
-            time.sleep(1)
-            ready = httpx.get(f"{base}/readyz", timeout=5)
+        ready = wait_until_ready(base)
         details = ready.json()
         model = details.get(settings.api.usecases[0], {})
         lines.append(f"  API {base}: {'ready' if ready.status_code == 200 else 'NOT ready'}; model "

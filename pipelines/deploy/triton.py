@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -191,15 +191,15 @@ class TritonControl:
 
     def load(self, name: str, version: str | int) -> None:
         """Load ``name`` and wait until ``version`` is ready. Other models are not touched."""
-        import time
+        from tenacity import Retrying, retry_if_not_result, stop_after_delay, wait_fixed
+
+        def not_ready(_: object) -> NoReturn:
+            raise TritonControlError(f"Triton at {self.url}: {name} version {version} not ready after "
+                                     f"{self.timeout_s:.0f} s")
 
         self._call(f"load {name}", self._client.load_model, name)
-        deadline = time.monotonic() + self.timeout_s
-        while not self.ready(name, version):
-            if time.monotonic() > deadline:
-                raise TritonControlError(f"Triton at {self.url}: {name} version {version} not ready after "
-                                         f"{self.timeout_s:.0f} s")
-            time.sleep(0.1)
+        Retrying(stop=stop_after_delay(self.timeout_s), wait=wait_fixed(0.1), retry=retry_if_not_result(bool),
+                 retry_error_callback=not_ready)(self.ready, name, version)
 
     def unload(self, name: str) -> None:
         self._call(f"unload {name}", self._client.unload_model, name)

@@ -12,7 +12,6 @@ Local and shared (POSIX-mounted) file systems only; object stores would need a t
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -22,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from filelock import FileLock
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -104,8 +105,7 @@ class Lake:
         table = self._table(name)
         versions = table / "versions"
         versions.mkdir(parents=True, exist_ok=True)
-        with open(table / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with FileLock(table / ".lock"):
             return self._swap_in(name, staged, run_id)
 
     def discard_staging(self, name: str, run_id: str) -> None:
@@ -165,8 +165,7 @@ class Lake:
         table = self._table(name)
         versions = table / "versions"
         versions.mkdir(parents=True, exist_ok=True)
-        with open(table / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with FileLock(table / ".lock"):
             previous = self.current_version(name)
             if previous:
                 for folder in (versions / previous).iterdir():

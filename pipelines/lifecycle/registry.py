@@ -14,13 +14,14 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock, Timeout
 
 from pipelines.lifecycle.rules import Decision, ModelFacts, Rule, RuleError, check_transition, evaluate
 from pipelines.models.registry import STAGE_TAG, client, mlflow_errors
@@ -41,25 +42,15 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 @contextmanager
 def promotion_lock(settings: Settings, model_name: str, timeout_s: float = 120.0) -> Iterator[None]:
     """Serialise lifecycle moves of one model on this machine (or any sharing ``home``)."""
-    import time
-
     folder = settings.home_path / "locks"
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"lifecycle-{model_name}.lock", "w") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"another lifecycle move of '{model_name}' holds the lock "
-                                       f"for more than {timeout_s:.0f} s") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        held = FileLock(folder / f"lifecycle-{model_name}.lock", timeout=timeout_s, poll_interval=0.2).acquire()
+    except Timeout:
+        raise TimeoutError(f"another lifecycle move of '{model_name}' holds the lock "
+                           f"for more than {timeout_s:.0f} s") from None
+    with held:
+        yield
 
 
 def _mlflow(settings: Settings, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -40,6 +40,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
 from pipelines.config import Settings
 from pipelines.featurestore.materialize import materialize_view, online_schema, online_view_name
 from pipelines.featurestore.offline import EVENT_TIME, compute_view
@@ -157,23 +165,27 @@ class _Traffic:
         """The final HTTP status (transport errors and 429/503 are retried twice), 0 when unreachable."""
         import httpx
 
+        async def post() -> int:
+            try:
+                r = await self.client.post("/v1/predict", json=body,
+                                           headers={AS_OF_HEADER: _iso(as_of), "X-Request-Id": request_id})
+            except httpx.TransportError:
+                return 0
+            if r.status_code == 422 and AS_OF_HEADER.lower() in r.text:
+                raise ReplayError(f"the API refuses the simulated clock: {r.text[:300]} (a replay needs "
+                                  "api.allow_as_of_header on the server, as in the local and test profiles)")
+            return r.status_code
+
+        def last_status(state: RetryCallState) -> int:
+            return state.outcome.result() if state.outcome else 0
+
         async with self.semaphore:
             await self._pace()
-            status = 0
-            for attempt in range(3):
-                try:
-                    r = await self.client.post("/v1/predict", json=body,
-                                               headers={AS_OF_HEADER: _iso(as_of), "X-Request-Id": request_id})
-                    status = r.status_code
-                    if status == 422 and AS_OF_HEADER.lower() in r.text:
-                        raise ReplayError(f"the API refuses the simulated clock: {r.text[:300]} (a replay needs "
-                                          "api.allow_as_of_header on the server, as in the local and test profiles)")
-                    if status not in (429, 503):
-                        return status
-                except httpx.TransportError:
-                    status = 0
-                await asyncio.sleep(0.05 * (attempt + 1))
-            return status
+            # Jitter spreads the retries of requests the API shed together.
+            retrying = AsyncRetrying(stop=stop_after_attempt(3), wait=wait_exponential_jitter(0.05, 1, jitter=0.05),
+                                     retry=retry_if_result(lambda status: status in (0, 429, 503)),
+                                     retry_error_callback=last_status)
+            return int(await retrying(post))
 
 
 def _check_loopback(url: str) -> None:

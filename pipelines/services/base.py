@@ -18,9 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+from tenacity import Retrying, retry_if_not_exception_type, stop_after_delay, wait_fixed
+
 
 class ServiceError(RuntimeError):
     """A service could not be installed, started or stopped; the message names it and points at its log."""
+
+
+class _StartFailed(ServiceError):
+    """The process started for a service exited (or died) before it was healthy: no point waiting more."""
 
 
 class NotReady(Exception):
@@ -51,6 +58,12 @@ class ServiceStatus:
     detail: str = ""
 
 
+START_TIME_SLACK_S = 1.0
+"""How far a PID file's start time may be from the process's and still be that process. The kernel counts
+start times from boot; psutil adds the boot time, which moves when the wall clock is stepped. A reused PID
+belongs to a process started much later (the kernel hands out every other PID first)."""
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -66,13 +79,12 @@ def wait_for_port(host: str, port: int, timeout_s: float = 1.0) -> None:
         pass
 
 
-def _proc_start_time(pid: int) -> str | None:
+def _start_time(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), None if there is no such process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
-    # Field 22 (starttime) counts from the end of the parenthesised command name, which may hold spaces.
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -94,11 +106,14 @@ class Supervisor:
     def _pid_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
 
-    def _read_pid(self, name: str) -> tuple[int, str] | None:
+    def _read_pid(self, name: str) -> tuple[int, float] | None:
         try:
             record = json.loads(self._pid_path(name).read_text())
-            return int(record["pid"]), str(record["start_time"])
-        except (OSError, ValueError, KeyError):
+            start_time = record["start_time"]
+            if isinstance(start_time, str):  # an older version's record: clock ticks since boot, as in /proc
+                start_time = int(start_time) / os.sysconf("SC_CLK_TCK") + psutil.boot_time()
+            return int(record["pid"]), float(start_time)
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def _our_live_pid(self, name: str) -> int | None:
@@ -107,7 +122,8 @@ class Supervisor:
         if record is None:
             return None
         pid, start_time = record
-        return pid if _proc_start_time(pid) == start_time else None
+        now = _start_time(pid)
+        return pid if now is not None and abs(now - start_time) < START_TIME_SLACK_S else None
 
     def status(self, spec: ServiceSpec) -> ServiceStatus:
         pid = self._our_live_pid(spec.name)
@@ -147,33 +163,34 @@ class Supervisor:
                 )
             except OSError as exc:
                 raise ServiceError(f"{spec.name}: cannot run {spec.argv[0]}: {exc}") from exc
-        start_time = _proc_start_time(proc.pid) or ""
+        start_time = _start_time(proc.pid)
         self._pid_path(spec.name).write_text(json.dumps({"pid": proc.pid, "start_time": start_time}))
         return self._wait_healthy(spec, proc.pid, proc)
 
     def _wait_healthy(self, spec: ServiceSpec, pid: int, proc: subprocess.Popen | None = None) -> ServiceStatus:
-        deadline = time.monotonic() + spec.start_timeout_s
-        last_error = "no answer yet"
-        while time.monotonic() < deadline:
+        log = self.log_path(spec.name)
+
+        def check() -> None:
             if proc is not None and proc.poll() is not None:
                 self._pid_path(spec.name).unlink(missing_ok=True)
-                raise ServiceError(
-                    f"{spec.name} exited with code {proc.returncode} while starting; "
-                    f"see {self.log_path(spec.name)}:\n{tail(self.log_path(spec.name))}"
-                )
-            if proc is None and _proc_start_time(pid) is None:
-                raise ServiceError(f"{spec.name} (pid {pid}) died while starting; see {self.log_path(spec.name)}")
-            try:
-                spec.health()
-                return ServiceStatus(spec.name, "running", pid, spec.describe)
-            except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
-                last_error = f"{type(exc).__name__}: {exc}"
-            time.sleep(0.5)
-        self.down(spec)
-        raise ServiceError(
-            f"{spec.name} did not become healthy within {spec.start_timeout_s:g} s (last check: {last_error}); "
-            f"it was stopped. See {self.log_path(spec.name)}:\n{tail(self.log_path(spec.name))}"
-        )
+                raise _StartFailed(f"{spec.name} exited with code {proc.returncode} while starting; "
+                                   f"see {log}:\n{tail(log)}")
+            if proc is None and _start_time(pid) is None:
+                raise _StartFailed(f"{spec.name} (pid {pid}) died while starting; see {log}")
+            spec.health()
+
+        try:
+            Retrying(stop=stop_after_delay(spec.start_timeout_s), wait=wait_fixed(0.5),
+                     retry=retry_if_not_exception_type(_StartFailed), reraise=True)(check)
+        except _StartFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the health check still failed at the deadline
+            self.down(spec)
+            raise ServiceError(
+                f"{spec.name} did not become healthy within {spec.start_timeout_s:g} s (last check: "
+                f"{type(exc).__name__}: {exc}); it was stopped. See {log}:\n{tail(log)}"
+            ) from None
+        return ServiceStatus(spec.name, "running", pid, spec.describe)
 
     def down(self, spec: ServiceSpec) -> bool:
         """Stop our instance of `spec` (its whole process group). Returns True if something was stopped."""

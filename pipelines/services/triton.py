@@ -48,8 +48,6 @@ Run (:func:`build_spec`)
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -58,9 +56,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from pipelines.config import REPO_ROOT, Settings
 from pipelines.deploy.health import HEALTH_MODEL_NAME, write_health_model
@@ -153,24 +152,14 @@ def _is_installed(paths: TritonInstall) -> bool:
     )
 
 
-@contextlib.contextmanager
-def _install_lock(paths: TritonInstall) -> Iterator[None]:
-    """Serialise installs between processes (a test session and `atelier bootstrap` may race)."""
-    paths.home.mkdir(parents=True, exist_ok=True)
-    with open(paths.home / ".install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def ensure_installed(settings: Settings) -> None:
     """Create/refresh the serving venv and the Triton install dir. Fast no-op when the stamp matches."""
     paths = install_paths(settings)
     if _is_installed(paths):
         return
-    with _install_lock(paths):
+    # Installs are serialised between processes (a test session and `atelier bootstrap` may race).
+    paths.home.mkdir(parents=True, exist_ok=True)
+    with FileLock(paths.home / ".install.lock"):
         if _is_installed(paths):  # another process finished it while we waited
             return
         paths.stamp.unlink(missing_ok=True)

@@ -101,3 +101,64 @@ def test_replay_drives_loopback_apis_only(url):
 def test_replay_accepts_loopback():
     for url in ("http://127.0.0.1:8100", "http://localhost:18100", "http://[::1]:8100"):
         _check_loopback(url)
+
+
+# ---------------------------------------------------------------- the replay's HTTP side
+
+
+def _traffic_sending(answers: list):
+    """A replay _Traffic whose API answers `answers` in turn (a status code, or an exception to raise)."""
+    import httpx
+
+    from pipelines.monitoring.replay import _Traffic
+
+    calls: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        step = answers.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        status, text = step if isinstance(step, tuple) else (step, "{}")
+        return httpx.Response(status, text=text)
+
+    traffic = _Traffic("http://127.0.0.1:1", None, concurrency=2, rate=None)
+    traffic.client = httpx.AsyncClient(base_url="http://127.0.0.1:1", transport=httpx.MockTransport(answer))
+    return traffic, calls
+
+
+def _send(traffic) -> int:
+    import asyncio
+    from datetime import UTC, datetime
+
+    async def run() -> int:
+        try:
+            return await traffic.send({"x": 1}, datetime(2013, 3, 1, tzinfo=UTC), "req-1")
+        finally:
+            await traffic.close()
+
+    return asyncio.run(run())
+
+
+def test_replay_retries_shed_requests_and_transport_errors_twice():
+    import httpx
+
+    traffic, calls = _traffic_sending([httpx.ConnectError("refused"), 429, 200])
+    assert _send(traffic) == 200
+    assert len(calls) == 3
+    assert {c.headers["X-Request-Id"] for c in calls} == {"req-1"}
+    traffic, calls = _traffic_sending([503, 503, 503, 200])
+    assert _send(traffic) == 503 and len(calls) == 3  # gives up with the last status
+    traffic, calls = _traffic_sending([httpx.ReadError("reset")] * 3)
+    assert _send(traffic) == 0 and len(calls) == 3  # unreachable
+    traffic, calls = _traffic_sending([400])
+    assert _send(traffic) == 400 and len(calls) == 1  # a real answer is not retried
+
+
+def test_replay_stops_at_once_when_the_api_refuses_the_simulated_clock():
+    from pipelines.monitoring.replay import AS_OF_HEADER
+
+    traffic, calls = _traffic_sending([(422, f'{{"message": "{AS_OF_HEADER.lower()} is not accepted"}}'), 200])
+    with pytest.raises(ReplayError, match="refuses the simulated clock"):
+        _send(traffic)
+    assert len(calls) == 1

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipelines.services.base import NotReady, ServiceError, ServiceSpec, Supervisor, port_is_free
@@ -42,7 +43,12 @@ def alive(pid: int) -> bool:
     return proc_state(pid) not in (None, "Z", "X")
 
 
-def start_time_of(pid: int) -> str:
+def start_time_of(pid: int) -> float:
+    return psutil.Process(pid).create_time()
+
+
+def clock_ticks_since_boot_of(pid: int) -> str:
+    """The start time as older versions recorded it: /proc/<pid>/stat field 22, after the command name."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
 
 
@@ -315,7 +321,7 @@ def no_signals_to(monkeypatch):
     return protected
 
 
-def write_pid_file(sup: Supervisor, name: str, pid: int, start_time: str) -> Path:
+def write_pid_file(sup: Supervisor, name: str, pid: int, start_time: float | str) -> Path:
     path = sup.run_dir / f"{name}.pid"
     path.write_text(json.dumps({"pid": pid, "start_time": start_time}))
     return path
@@ -325,7 +331,7 @@ def test_stale_pid_file_of_our_own_process_is_never_signalled(sup, tmp_path, no_
     me = os.getpid()
     no_signals_to.update({me, os.getpgid(me)})
     spec = http_spec(tmp_path, free_port())
-    pid_file = write_pid_file(sup, "web", me, "1")  # right PID, wrong start time: a recycled PID
+    pid_file = write_pid_file(sup, "web", me, start_time_of(me) + 3600)  # right PID, wrong start: a recycled PID
     status = sup.status(spec)
     assert status.state == "stale" and status.pid is None
     assert sup.down(spec) is False
@@ -339,8 +345,7 @@ def test_stale_pid_file_of_an_unrelated_process(sup, tmp_path, no_signals_to, st
         no_signals_to.update({other.pid})
         spec = http_spec(tmp_path, free_port())
         stop_after(spec)
-        wrong = str(int(start_time_of(other.pid)) + 1)
-        write_pid_file(sup, "web", other.pid, wrong)
+        write_pid_file(sup, "web", other.pid, start_time_of(other.pid) - 60)  # a process of a minute ago
         assert sup.status(spec).state == "stale"
         # `up` starts a fresh instance and takes over the PID file; the unrelated process is left alone.
         status = sup.up(spec)
@@ -371,3 +376,25 @@ def test_pid_file_of_a_dead_process_reads_as_stale(sup, tmp_path):
     assert sup.status(spec).state == "stale"
     assert sup.down(spec) is False
 
+
+
+def test_stale_pid_file_of_an_older_version_with_a_wrong_start_time(sup, tmp_path, no_signals_to):
+    me = os.getpid()
+    no_signals_to.update({me, os.getpgid(me)})
+    spec = http_spec(tmp_path, free_port())
+    write_pid_file(sup, "web", me, "1")  # clock ticks since boot, as older versions wrote: long before us
+    assert sup.status(spec).state == "stale"
+    assert sup.down(spec) is False
+
+
+def test_pid_file_written_by_an_older_version_still_names_our_service(sup, tmp_path, stop_after):
+    """Services started before an upgrade (their start time recorded as clock ticks since boot) are still
+    recognised, so `down` after an upgrade stops them."""
+    spec = http_spec(tmp_path, free_port())
+    stop_after(spec)
+    pid = sup.up(spec).pid
+    assert pid is not None
+    write_pid_file(sup, "web", pid, clock_ticks_since_boot_of(pid))
+    assert sup.status(spec).state == "running" and sup.status(spec).pid == pid
+    assert sup.down(spec) is True
+    assert not alive(pid)
