@@ -231,7 +231,7 @@ def test_triton_configs():
 
 def test_export_writes_both_flavours(tmp_path, features):
     from pipelines.deploy.triton import export_fil_model, export_python_model
-    from serving.testing import synthetic_bundle
+    from tests.support.bundles import synthetic_bundle
 
     bundle = synthetic_bundle(features, tmp_path / "bundle", rows=2_000, trees=5, depth=3, version="7")
     default = export_python_model(bundle, tmp_path / "repo")
