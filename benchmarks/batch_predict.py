@@ -19,8 +19,12 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.support
 
 
 def load_average() -> float:
@@ -60,9 +64,8 @@ def main() -> None:
     figures["spark_session_s"] = round(time.perf_counter() - t, 1)
     if args.sample_trees:
         import tempfile
-        from pathlib import Path
 
-        from pipelines.batch.sample_model import train_bundle
+        from tests.support.bundles import train_bundle
 
         folder = Path(tempfile.mkdtemp(prefix="atelier-bench-bundle-")) / "bundle"
         bundle = train_bundle(spark, settings, usecase, datetime(2013, 6, 1, tzinfo=UTC),

@@ -51,7 +51,7 @@ def register(settings: Any, base: Any, kind: str, folder: Path, delta: float = 0
 
     from pipelines.deploy.package import golden_inputs
     from pipelines.models.bundle import ModelBundle
-    from serving.testing import register_bundle
+    from tests.support.bundles import register_bundle
 
     booster = base.booster
     if delta:

@@ -109,7 +109,7 @@ def model_version(settings: Settings, features: Any) -> tuple[str, str]:
             continue
     import tempfile
 
-    from serving.testing import register_bundle, synthetic_bundle
+    from tests.support.bundles import register_bundle, synthetic_bundle
 
     folder = Path(tempfile.mkdtemp()) / "bundle"
     ref = register_bundle(settings, synthetic_bundle(features, folder, trees=300, depth=8), BENCH_MODEL)

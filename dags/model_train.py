@@ -70,7 +70,7 @@ with DAG(
     def check_config(params: dict[str, Any], triggering_asset_events: Any = None) -> dict[str, Any]:
         """Resolve the use case (from the triggering asset, else the param) and check spec + window."""
         from pipelines.config import get_settings
-        from pipelines.training.gate import check_training_config, overrides_from_params
+        from pipelines.training.preflight import check_training_config, overrides_from_params
         from pipelines.usecases import get_usecase
 
         name = params["usecase"]

@@ -15,7 +15,7 @@ copy of the request after the answer is built (a bounded queue, drops counted) a
 A request's path (:meth:`PredictionService.predict`), every stage bounded by what is left of the deadline:
 
 1. feature lookup: one ``read_many_views`` on the online store at the request's clock (SQLite inline;
-   Cassandra with the driver's asynchronous requests on the event loop, :mod:`serving.cassandra_async`),
+   Cassandra with the driver's asynchronous requests on the event loop, ``read_many_views_async``),
    with a timeout; a failure, a timeout or an open circuit -> defaults, flagged.
 2. transform: freshness policies, request features (feature language's Python compiler), the float32 row.
 3. inference on Triton by the version the routing table picks for the request (kept-alive HTTP, timeout =
@@ -48,7 +48,6 @@ from pipelines.interface import OutputSpec
 from pipelines.models.bundle import Calibration, ModelBundle
 from pipelines.monitoring.recalibration import bundle_calibration_id, calibration_dir, load_current
 from pipelines.usecases import get_usecase
-from serving.cassandra_async import read_many_views_async, supports_async
 from serving.features import FeatureResolver, StaleFeature
 from serving.inference import TritonModel, TritonUnavailable
 from serving.metrics import ApiMetrics
@@ -195,7 +194,6 @@ class PredictionService:
         self._given_bundles = bundles or {}
         self._store = store
         self._store_inline = settings.online_store.backend == "sqlite"
-        self._store_async = settings.online_store.backend == "cassandra"
         self.store_breaker = CircuitBreaker(failures=3, cooldown_s=1.0)
         self.store_ready = False
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="online-store")
@@ -222,7 +220,6 @@ class PredictionService:
                 budget = self.api.feature_timeout_ms / 1000
                 options = {"read_timeout_s": max(budget, 0.01), "connect_timeout_s": 2.0}
             self._store = get_online_store(self.settings, **options)
-            self._store_async = self._store_async and supports_async(self._store)
         return self._store
 
     async def start(self) -> None:
@@ -452,9 +449,9 @@ class PredictionService:
         if self._store_inline:
             return store.read_many_views(requests, now=as_of)
         # Asynchronous once connected; connecting (which blocks) happens in a worker thread.
-        if self._store_async and getattr(store, "_sess", None) is not None:
+        if store.async_ready:
             async with asyncio.timeout(timeout_s):
-                return await read_many_views_async(store, requests, as_of)
+                return await store.read_many_views_async(requests, as_of)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, lambda: store.read_many_views(requests, now=as_of))
         async with asyncio.timeout(timeout_s):

@@ -13,7 +13,9 @@ default only the latest). Everything is written to a temporary sibling first and
 sees a half-written version (replacing an existing version leaves it missing for the instant between two renames:
 load after writing, not while writing).
 
-This module only uses the standard library: it runs in the platform venv, not in Triton's.
+Configs are tritonclient's ``ModelConfig`` protobuf messages written in text format (imported when one is
+built: tritonclient's grpc package takes a second to import). The module runs in the platform venv, not in
+Triton's.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "ModelRepositoryError",
     "TensorSpec",
+    "model_config",
     "python_model_config",
     "write_python_model",
     "remove_model_version",
@@ -70,26 +73,61 @@ class TensorSpec:
         if not self.dims or any(int(d) < -1 or int(d) == 0 for d in self.dims):
             raise ModelRepositoryError(f"tensor '{self.name}': dims {list(self.dims)} must be positive sizes or -1")
 
-    def to_pbtxt(self) -> str:
-        dims = ", ".join(str(int(d)) for d in self.dims)
-        optional = "\n    optional: true" if self.optional else ""
-        return f'  {{\n    name: "{self.name}"\n    data_type: TYPE_{self.data_type}\n    dims: [ {dims} ]{optional}\n  }}'
 
+def model_config(
+    name: str,
+    backend: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    *,
+    max_batch_size: int = 0,
+    instance_count: int | None = 1,
+    parameters: Mapping[str, str] | None = None,
+    version_policy: str | None = None,
+    dynamic_batching: bool = False,
+) -> str:
+    """The ``config.pbtxt`` text of a CPU model run by Triton's ``backend``: a ``ModelConfig`` message
+    (tritonclient's ``model_config_pb2``, the schema Triton parses the file with) in protobuf text format.
 
-@dataclass(frozen=True)
-class _Config:
-    name: str
-    inputs: Sequence[TensorSpec]
-    outputs: Sequence[TensorSpec]
-    max_batch_size: int = 0
-    instance_count: int = 1
-    parameters: Mapping[str, str] = field(default_factory=dict)
-    version_policy: str | None = None
-    dynamic_batching: bool = False
+    ``parameters`` become ``parameters { key: ... value { string_value: ... } }`` entries, readable in a
+    python backend's ``model.py`` from ``json.loads(args["model_config"])["parameters"][key]["string_value"]``.
+    ``version_policy`` is the policy body in text format, e.g. ``"all { }"``, ``"latest { num_versions: 2 }"``
+    or ``"specific { versions: [1, 3] }"``; None keeps Triton's default (``latest { num_versions: 1 }``).
+    ``instance_count`` None leaves the instance count to Triton.
+    """
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as pb
 
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    _check_name(name)
+    if not outputs:
+        raise ModelRepositoryError(f"model '{name}': needs at least one output")
+    names = [t.name for t in [*inputs, *outputs]]
+    if len(set(names)) != len(names):
+        raise ModelRepositoryError(f"model '{name}': tensor names must be unique, got {names}")
+    if max_batch_size < 0 or (instance_count is not None and instance_count < 1):
+        raise ModelRepositoryError(f"model '{name}': max_batch_size must be >= 0 and instance_count >= 1")
+    if dynamic_batching and max_batch_size == 0:
+        raise ModelRepositoryError(f"model '{name}': dynamic batching needs max_batch_size > 0")
+    if any(t.optional for t in outputs):
+        raise ModelRepositoryError(f"model '{name}': only inputs can be optional")
+    config = pb.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size)
+    if version_policy:
+        try:
+            text_format.Parse(version_policy, config.version_policy)
+        except text_format.ParseError as exc:
+            raise ModelRepositoryError(f"model '{name}': version_policy {version_policy!r}: {exc}") from None
+    for t in inputs:
+        config.input.add(name=t.name, data_type=pb.DataType.Value(f"TYPE_{t.data_type}"),
+                         dims=[int(d) for d in t.dims], optional=t.optional)
+    for t in outputs:
+        config.output.add(name=t.name, data_type=pb.DataType.Value(f"TYPE_{t.data_type}"),
+                          dims=[int(d) for d in t.dims])
+    config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=instance_count or 0)
+    if dynamic_batching:
+        config.dynamic_batching.SetInParent()
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = str(value)
+    return text_format.MessageToString(config)
 
 
 def python_model_config(
@@ -103,35 +141,10 @@ def python_model_config(
     version_policy: str | None = None,
     dynamic_batching: bool = False,
 ) -> str:
-    """The ``config.pbtxt`` text of a CPU python-backend model.
-
-    ``parameters`` become ``parameters { key: ... value: { string_value: ... } }`` entries, readable in
-    ``model.py`` from ``json.loads(args["model_config"])["parameters"][key]["string_value"]``.
-    ``version_policy`` is the raw policy body, e.g. ``"all { }"``, ``"latest { num_versions: 2 }"`` or
-    ``"specific { versions: [1, 3] }"``; None keeps Triton's default (``latest { num_versions: 1 }``).
-    """
-    _check_name(name)
-    if not outputs:
-        raise ModelRepositoryError(f"model '{name}': needs at least one output")
-    names = [t.name for t in [*inputs, *outputs]]
-    if len(set(names)) != len(names):
-        raise ModelRepositoryError(f"model '{name}': tensor names must be unique, got {names}")
-    if max_batch_size < 0 or instance_count < 1:
-        raise ModelRepositoryError(f"model '{name}': max_batch_size must be >= 0 and instance_count >= 1")
-    lines = [f"name: {_quote(name)}", 'backend: "python"', f"max_batch_size: {max_batch_size}"]
-    if version_policy:
-        lines.append(f"version_policy: {{ {version_policy} }}")
-    if inputs:
-        lines.append("input [\n" + ",\n".join(t.to_pbtxt() for t in inputs) + "\n]")
-    lines.append("output [\n" + ",\n".join(t.to_pbtxt() for t in outputs) + "\n]")
-    lines.append(f"instance_group [\n  {{\n    count: {instance_count}\n    kind: KIND_CPU\n  }}\n]")
-    if dynamic_batching:
-        if max_batch_size == 0:
-            raise ModelRepositoryError(f"model '{name}': dynamic batching needs max_batch_size > 0")
-        lines.append("dynamic_batching { }")
-    for key, value in (parameters or {}).items():
-        lines.append(f"parameters: {{\n  key: {_quote(key)}\n  value: {{ string_value: {_quote(str(value))} }}\n}}")
-    return "\n".join(lines) + "\n"
+    """The ``config.pbtxt`` text of a CPU python-backend model (:func:`model_config` with ``backend="python"``)."""
+    return model_config(name, "python", inputs, outputs, max_batch_size=max_batch_size,
+                        instance_count=instance_count, parameters=parameters, version_policy=version_policy,
+                        dynamic_batching=dynamic_batching)
 
 
 def _check_name(name: str) -> None:

@@ -30,6 +30,7 @@ from pipelines.deploy.repository import (
     TensorSpec,
     _atomic_write,
     _check_name,
+    model_config,
     python_model_config,
     write_python_model,
 )
@@ -79,42 +80,11 @@ def triton_python_config(name: str, n_features: int) -> str:
 
 def fil_model_config(name: str, n_features: int, max_batch_size: int = MAX_BATCH) -> str:
     """``config.pbtxt`` for Triton's FIL backend (the cluster image): an XGBoost JSON regressor on CPU."""
-    _check_name(name)
-    return f'''name: "{name}"
-backend: "fil"
-max_batch_size: {max_batch_size}
-version_policy: {{ {VERSION_POLICY} }}
-input [
-  {{
-    name: "{INPUT}"
-    data_type: TYPE_FP32
-    dims: [ {n_features} ]
-  }}
-]
-output [
-  {{
-    name: "{OUTPUT}"
-    data_type: TYPE_FP32
-    dims: [ 1 ]
-  }}
-]
-instance_group [{{ kind: KIND_CPU }}]
-parameters [
-  {{
-    key: "model_type"
-    value: {{ string_value: "xgboost_json" }}
-  }},
-  {{
-    key: "is_classifier"
-    value: {{ string_value: "false" }}
-  }},
-  {{
-    key: "storage_type"
-    value: {{ string_value: "AUTO" }}
-  }}
-]
-dynamic_batching {{ }}
-'''
+    return model_config(
+        name, "fil", inputs=[TensorSpec(INPUT, "FP32", [n_features])], outputs=[TensorSpec(OUTPUT, "FP32", [1])],
+        max_batch_size=max_batch_size, instance_count=None, dynamic_batching=True, version_policy=VERSION_POLICY,
+        parameters={"model_type": "xgboost_json", "is_classifier": "false", "storage_type": "AUTO"},
+    )
 
 
 def export_python_model(bundle: ModelBundle, repository: Path, name: str | None = None,

@@ -2,7 +2,6 @@
 
     features.py offline      --usecase U --run-id R                     offline feature tables (all history)
     features.py materialize  --usecase U --run-id R --start T --end T   the interval's rows -> online store
-    features.py training-set --usecase U --run-id R [--start T --end T] point-in-time training set -> lake
     features.py skew         --usecase U --run-id R --as-of T           online vs offline, fails above threshold
 """
 
@@ -15,7 +14,7 @@ from pipelines.jobs.common import base_parser, context, log, parse_time, run_job
 
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["offline", "materialize", "training-set", "skew"])
+    parser.add_argument("step", choices=["offline", "materialize", "skew"])
     parser.add_argument("--start", help="interval start (inclusive), ISO date/time, UTC")
     parser.add_argument("--end", help="interval end (exclusive), ISO date/time, UTC")
     parser.add_argument("--as-of", help="skew: the time the online values are judged at (default: --end)")
@@ -50,16 +49,6 @@ def main(argv: list[str] | None = None) -> None:
             for view in views:
                 result = materialize.materialize_view(spark, settings, features, view, start, end, now=end)
                 log.info("materialized %s", json.dumps(result.__dict__, default=str))
-        elif args.step == "training-set":
-            name = f"training_set__{usecase.name}"
-            path = lake.staging_path(name, args.run_id)
-            frame = offline.training_set(spark, lake, features, start, end)
-            frame.write.mode("overwrite").parquet(str(path))
-            rows = spark.read.parquet(str(path)).count()
-            if rows == 0:
-                raise ValueError(f"the training set for [{args.start}, {args.end}) is empty")
-            lake.write_manifest(path, rows=rows, columns=frame.columns, partition_by=[], run_id=args.run_id)
-            log.info("training set %s: %d rows, version %s", name, rows, lake.publish(name, args.run_id))
         else:
             as_of = parse_time(args.as_of) or end
             if as_of is None:

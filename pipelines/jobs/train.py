@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overrides", default="{}", help="model spec overrides (JSON object)")
     args = parser.parse_args(argv)
 
-    from pipelines.training.gate import check_training_config
+    from pipelines.training.preflight import check_training_config
 
     settings, usecase = context(args)
     try:

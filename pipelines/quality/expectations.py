@@ -2,7 +2,11 @@
 
 A suite file lists expectations by their GX type and kwargs. A kwarg may reference another dataset's values
 with ``{$ref: <table>.<column>}`` (e.g. ``flights.origin`` in ``airports.faa``); Atelier resolves it from the
-data validated in the same run before GX sees the suite.
+data validated in the same run before GX sees the suite; a job-output suite's ``{$param: name}`` kwargs are
+filled from the job's values (:func:`suite_with_params`). Both are resolved here, in memory, rather than
+with GX's own suite parameters (``{"$PARAMETER": ...}``): GX accepts those only in value kwargs
+(``value_set``, ``value``, bounds), while our suites also parametrize column names (``column``,
+``column_list``: strict strings in GX) and expand ``column_pairs`` into several expectations.
 
 Great Expectations is imported inside the functions: it takes seconds to import.
 """

@@ -30,7 +30,7 @@ def register_variant(settings: Any, base: ModelBundle, kind: str, folder: Path, 
                      spec_hash: str | None = None) -> str:
     """Save ``base`` (or its ``booster`` replacement) as a bundle of ``TEST_MODEL`` and register it (alias
     ``variant_<kind>``, as training registers a version); returns the registry version."""
-    from serving.testing import register_bundle
+    from tests.support.bundles import register_bundle
 
     bundle = ModelBundle(**{**{k: getattr(base, k) for k in (
         "usecase", "label", "feature_names", "feature_defaults", "calibration", "feature_ranges", "fallback",

@@ -285,6 +285,29 @@ def test_read_many_views(store):
         store.read_many_views({a.name: [("u1",)], "nope": [("x",)]})
 
 
+def test_read_many_views_async_reads_what_read_many_views_reads(store):
+    """The asyncio read (the prediction API's) gives the synchronous read's results on every backend; the
+    Cassandra store says it reads without blocking the event loop once connected, the SQLite store never."""
+    import asyncio
+
+    a = make_view(features=[("x", "double")])
+    b = make_view(features=[("y", "string")], keys=[("item", "bigint"), ("shop", "string")], ttl=60)
+    store.apply([a, b])
+    store.write(a.name, [row(f"u{i}", {"x": float(i)}) for i in range(40)])
+    store.write(b.name, [row((42, "s"), {"y": "p"}), row((7, "s"), {"y": "old"}, T0 - timedelta(seconds=50))],
+                now=T0)
+    requests = {a.name: [(f"u{i}",) for i in range(0, 60, 3)] + [("u3",)], b.name: [(42, "s"), (7, "s"), (1, "x")]}
+    assert store.async_ready is False or store.backend == "cassandra"
+    got = asyncio.run(store.read_many_views_async(requests, now=T0))
+    assert store.async_ready is (store.backend == "cassandra")
+    assert got == store.read_many_views(requests, now=T0)
+    assert [r.found for r in got[b.name]] == [True, True, False]  # (1, "x") absent
+    later = T0 + timedelta(seconds=30)  # (7, "s") has expired by then
+    assert asyncio.run(store.read_many_views_async(requests, now=later)) == store.read_many_views(requests, now=later)
+    with pytest.raises(ValueError, match="unknown feature view 'nope'"):
+        asyncio.run(store.read_many_views_async({"nope": [("x",)]}))
+
+
 # ---------------------------------------------------------------------------------------- event time
 
 

@@ -45,7 +45,7 @@ def env(tmp_path_factory):
                     [FeatureRow(("N335AA",), {"tail_arr_delay_mean_7d": 3.0, "tail_dep_delay_mean_7d": 2.0,
                                               "tail_flights_7d": 11}, datetime(2013, 12, 30, 20, tzinfo=UTC))],
                     now=datetime(2013, 12, 31, tzinfo=UTC))
-    from serving.testing import synthetic_bundle
+    from tests.support.bundles import synthetic_bundle
 
     bundle = synthetic_bundle(features, tmp / "bundle", rows=3_000, trees=10, depth=3, version="1")
     return settings, bundle

@@ -213,16 +213,24 @@ def test_prediction_log_is_bounded_and_loses_nothing_accepted(tmp_path):
     assert tiny.dropped == 1
 
 
+def _parsed_config(text: str):  # a tritonclient ModelConfig message
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
 def test_triton_configs():
     from pipelines.deploy.triton import fil_model_config, triton_name, triton_python_config
 
-    fil = fil_model_config("flights_eta", 21)
-    assert 'backend: "fil"' in fil and "dims: [ 21 ]" in fil and 'string_value: "xgboost_json"' in fil
-    assert 'name: "input__0"' in fil and 'name: "output__0"' in fil and "dynamic_batching" in fil
-    assert 'key: "is_classifier"' in fil and "KIND_CPU" in fil
-    python = triton_python_config("flights_eta", 21)
-    assert 'backend: "python"' in python and "dims: [ 21 ]" in python and "max_batch_size: 4096" in python
-    assert "latest { num_versions: 1 }" in python  # one registry version per Triton model
+    fil = _parsed_config(fil_model_config("flights_eta", 21))
+    assert fil.backend == "fil" and list(fil.input[0].dims) == [21]
+    assert fil.parameters["model_type"].string_value == "xgboost_json"
+    assert fil.input[0].name == "input__0" and fil.output[0].name == "output__0" and fil.HasField("dynamic_batching")
+    assert "is_classifier" in fil.parameters and fil.instance_group[0].kind == fil.instance_group[0].KIND_CPU
+    python = _parsed_config(triton_python_config("flights_eta", 21))
+    assert python.backend == "python" and list(python.input[0].dims) == [21] and python.max_batch_size == 4096
+    assert python.version_policy.latest.num_versions == 1  # one registry version per Triton model
     assert triton_name("flights_eta", "12") == "flights_eta.v12"
     for bad in ("0", "x", "-1"):
         with pytest.raises(ValueError, match="positive integer"):
@@ -231,7 +239,7 @@ def test_triton_configs():
 
 def test_export_writes_both_flavours(tmp_path, features):
     from pipelines.deploy.triton import export_fil_model, export_python_model
-    from serving.testing import synthetic_bundle
+    from tests.support.bundles import synthetic_bundle
 
     bundle = synthetic_bundle(features, tmp_path / "bundle", rows=2_000, trees=5, depth=3, version="7")
     default = export_python_model(bundle, tmp_path / "repo")
@@ -243,7 +251,8 @@ def test_export_writes_both_flavours(tmp_path, features):
     assert fil.version == 7 and fil.n_features == len(bundle.feature_names)
     assert (tmp_path / "fil" / "flights_eta" / "7" / "model.json").read_bytes() == (
         bundle.path / "model.json").read_bytes()
-    assert f"dims: [ {len(bundle.feature_names)} ]" in (tmp_path / "fil" / "flights_eta" / "config.pbtxt").read_text()
+    config = _parsed_config((tmp_path / "fil" / "flights_eta" / "config.pbtxt").read_text())
+    assert list(config.input[0].dims) == [len(bundle.feature_names)]
     bundle.version = None
     with pytest.raises(ValueError, match="registry's version"):
         export_python_model(bundle, tmp_path / "repo")

@@ -9,7 +9,7 @@ from pipelines.config import load_settings
 from pipelines.featurestore.spec import load_feature_set
 from pipelines.models.bundle import Calibration, LinearFallback, ModelBundle
 from pipelines.training.evaluate import coverage, error_metrics, segment_metrics
-from pipelines.training.gate import metric_names, overrides_from_params, promotion_rules
+from pipelines.training.preflight import metric_names, overrides_from_params, promotion_rules
 from pipelines.training.spec import load_model_spec
 from pipelines.training.trainer import sample_trials
 from pipelines.usecases import SpecError, get_usecase

@@ -556,6 +556,20 @@ class OnlineStore(abc.ABC):
             now = datetime.now(UTC)
         return {name: self.read(name, keys, now=now) for name, keys in requests.items()}
 
+    @property
+    def async_ready(self) -> bool:
+        """True when :meth:`read_many_views_async` runs on an event loop without blocking it (a backend that
+        reads over the network with the driver's asynchronous requests, once connected). False by default."""
+        return False
+
+    async def read_many_views_async(
+        self, requests: Mapping[str, Sequence[tuple]], now: datetime | None = None
+    ) -> dict[str, list[ReadResult]]:
+        """:meth:`read_many_views` for asyncio callers. This default runs the synchronous read in the caller's
+        thread (fine for an embedded store, whose reads take microseconds); a backend that waits on the
+        network overrides it and says so with :attr:`async_ready`."""
+        return self.read_many_views(requests, now)
+
     def clear(self, view_name: str) -> None:
         """Delete every row of a view (its schema stays applied). For simulations that restart the clock
         (``atelier replay``): rows are versioned by event time, so a store that already holds later rows

@@ -1,21 +1,33 @@
-"""A real (small) model bundle trained on the use case's real feature names: for tests and benchmarks that run
-before a model has been trained and registered (the training pipeline registers the real one).
+"""Real (small) model bundles for tests and benchmarks that run before a model has been trained and
+registered (the training pipeline, ``pipelines/training``, registers the real ones).
 
-The booster is trained on synthetic rows whose value ranges follow each feature's default; it is a real
-XGBoost model with a real split-conformal calibration, training ranges and linear fallback: everything the
-API does with a registered bundle, it does with this one.
+* :func:`synthetic_bundle`: a booster trained on synthetic rows whose value ranges follow each feature's
+  default; a real XGBoost model with a real split-conformal calibration, training ranges and linear fallback:
+  everything the API does with a registered bundle, it does with this one.
+* :func:`register_bundle`: logs and registers a bundle in MLflow, as training does.
+* :func:`train_bundle`: a real booster on a real point-in-time training set of the use case's features,
+  trained in seconds, not registered (the batch benchmark scores with a model of the size ``model.yaml``
+  asks for, whatever the registry holds).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipelines.featurestore.spec import FeatureSet
 from pipelines.models.bundle import Calibration, LinearFallback, ModelBundle, feature_spec_hash
 
-__all__ = ["synthetic_bundle"]
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from pipelines.config import Settings
+    from pipelines.usecases import UseCase
+
+__all__ = ["register_bundle", "synthetic_bundle", "train_bundle"]
 
 
 def synthetic_bundle(features: FeatureSet, folder: Path, *, rows: int = 20_000, trees: int = 60, depth: int = 6,
@@ -64,7 +76,7 @@ def synthetic_bundle(features: FeatureSet, folder: Path, *, rows: int = 20_000, 
     bundle = ModelBundle(usecase=features.usecase, model_name=features.usecase, label="arr_delay",
                          feature_names=names, feature_defaults=defaults, calibration=calibration,
                          feature_ranges=ranges, fallback=fallback, feature_spec_hash=feature_spec_hash("synthetic"),
-                         lineage={"source": "serving.testing.synthetic_bundle", "rows": rows, "seed": seed})
+                         lineage={"source": "tests.support.bundles.synthetic_bundle", "rows": rows, "seed": seed})
     bundle.save(folder, booster=booster)
     bundle.version = version
     return bundle
@@ -92,3 +104,37 @@ def register_bundle(settings, bundle: ModelBundle, name: str, alias: str = "cham
     mv = c.create_model_version(name, source=f"runs:/{run.info.run_id}/{BUNDLE_ARTIFACT_PATH}", run_id=run.info.run_id)
     c.set_registered_model_alias(name, alias, mv.version)
     return resolve_version(settings, name, alias)
+
+
+def train_bundle(spark: SparkSession, settings: Settings, usecase: UseCase, start: datetime, end: datetime,
+                 folder: Path, *, trees: int = 40, depth: int = 6) -> ModelBundle:
+    """Train on the labelled flights of [start, end) (the training set's code), save the bundle in `folder`."""
+    import xgboost
+
+    from pipelines.featurestore.offline import training_set
+    from pipelines.featurestore.spec import load_feature_set
+    from pipelines.lake.tables import Lake
+
+    features = load_feature_set(usecase)
+    assert features.label is not None
+    names = features.feature_names
+    frame = training_set(spark, Lake(settings.lake_root), features, start, end).toPandas()
+    frame = frame.sort_values(features.label.keys[0]).reset_index(drop=True)
+    x = np.column_stack([np.asarray(frame[f], dtype=np.float32) for f in names])
+    y = np.asarray(frame[features.label.column], dtype=np.float64)
+    cut = int(len(y) * 0.8)
+    booster = xgboost.train({"max_depth": depth, "eta": 0.1, "nthread": 2, "seed": 7, "objective": "reg:squarederror"},
+                            xgboost.DMatrix(x[:cut], label=y[:cut], feature_names=names), num_boost_round=trees)
+    residuals = y[cut:] - booster.inplace_predict(x[cut:])
+    calibration = Calibration.fit(residuals, [0.8, 0.9])
+    ranges = {f: (float(np.nanpercentile(x[:, i], 0.1)), float(np.nanpercentile(x[:, i], 99.9)))
+              for i, f in enumerate(names)}
+    fallback = LinearFallback.fit(frame.iloc[:cut].fillna(0.0), names[:3], y[:cut])
+    bundle = ModelBundle(usecase=usecase.name, model_name=usecase.name, label=features.label.column,
+                         feature_names=names, feature_defaults={}, calibration=calibration, feature_ranges=ranges,
+                         fallback=fallback,
+                         feature_spec_hash=feature_spec_hash((usecase.path / "features.yaml").read_text()),
+                         lineage={"trained_on": [start.isoformat(), end.isoformat()], "rows": int(len(y)),
+                                  "by": "tests.support.bundles.train_bundle"})
+    bundle.save(folder, booster)
+    return bundle
