@@ -210,6 +210,14 @@ def test_error_position_in_a_multi_line_rule():
     assert msg.endswith("      AND metrics[cov] >= 0.88 0.9\n" + " " * 31 + "^")
 
 
+def assert_points_at(text, fragment, column):
+    """The rule ``WHEN <text> THEN PROMOTE TO staging`` is refused with ``fragment``, pointing at ``column``."""
+    with pytest.raises(RuleError) as info:
+        parse_rule(f"WHEN {text} THEN PROMOTE TO staging")
+    assert fragment in str(info.value)
+    assert f"(line 1, column {column})" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("text", "fragment", "column"),
     [
@@ -224,10 +232,7 @@ def test_error_position_in_a_multi_line_rule():
     ],
 )
 def test_conditions_and_values_stay_apart(text, fragment, column):
-    with pytest.raises(RuleError) as info:
-        parse_rule(f"WHEN {text} THEN PROMOTE TO staging")
-    assert fragment in str(info.value)
-    assert f"(line 1, column {column})" in str(info.value)
+    assert_points_at(text, fragment, column)
 
 
 def test_rules_and_features_share_the_lexical_rules_and_the_caret():
@@ -292,10 +297,7 @@ def test_unknown_metric_suggests_the_closest_name():
     ],
 )
 def test_type_errors(text, fragment, column):
-    with pytest.raises(RuleError) as info:
-        parse_rule(f"WHEN {text} THEN PROMOTE TO staging")
-    assert fragment in str(info.value)
-    assert f"(line 1, column {column})" in str(info.value)
+    assert_points_at(text, fragment, column)
 
 
 def test_params_are_either_type_statically():
