@@ -4,11 +4,15 @@ A canary serves a slice of live traffic next to the primary; every bake interval
 answers both versions logged over the window and says ``pass`` (promote further), ``fail`` (roll back) or
 ``inconclusive`` (keep baking). The method choices, and why:
 
-* **Latency: a Kayenta-like judge.** A one-sided Mann-Whitney U test (candidate slower than primary) on the
-  request latencies, which makes no assumption about their heavy-tailed shape, *and* an effect size on the
-  tail quantile (p95 / p99): it only fails when the candidate's quantile is above
-  ``primary * latency_tolerance + latency_slack_ms``. Significance alone would fail a canary for being
-  0.1 ms slower on a big window; effect alone would fail it on noise in a small one.
+* **Latency: an effect bound on the tail, tested sequentially.** The candidate fails only when its p95 /
+  p99 is above ``primary * latency_tolerance + latency_slack_ms`` (the effect, as Kayenta's tolerance) *and*
+  the evidence for it is significant by a test of that very statement: the share of candidate answers
+  slower than the bound is more than the quantile lets through (5% for p95, 1% for p99). That share is a
+  Bernoulli rate, tested with an exact always-valid mixture likelihood ratio (uniform mixture over the
+  alternative), so looking after every bake interval does not inflate the false-failure rate. A
+  location test (Mann-Whitney) would say "significantly slower" for a 0.3 ms shift of the bulk on a few
+  thousand requests while the tail estimate of a few hundred is mostly noise; together they rolled back
+  good canaries on a loaded machine.
 * **Rates (errors, fallbacks, interval misses): an always-valid sequential test.** The window is looked at
   after every bake interval, and a fixed-horizon test peeked at ten times fails a harmless canary far more
   often than ``alpha``. The mixture sequential probability ratio test (Johari, Pekelis & Walsh 2017, "Always
@@ -45,11 +49,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats
+from scipy import special, stats
 
 __all__ = ["FAIL", "INCONCLUSIVE", "PASS", "ABResult", "AnalysisConfig", "Check", "Judgement",
            "PairedComparison", "ab_compare", "ab_report_html", "error_check", "judge_window", "latency_check",
-           "paired_check", "rate_check", "required_sample_size", "shift_check", "srm_check"]
+           "paired_check", "rate_check", "required_sample_size", "shift_check", "srm_check",
+           "tail_exceedance_test"]
 
 PASS = "pass"
 FAIL = "fail"
@@ -200,12 +205,39 @@ def _mann_whitney_less(primary: np.ndarray, candidate: np.ndarray) -> tuple[floa
     return float(res.statistic), (1.0 if not math.isfinite(p) else p)
 
 
+def tail_exceedance_test(exceed: int, n: int, share: float) -> tuple[float, float]:
+    """Always-valid test of ``H0: P(slower than the bound) <= share`` from ``exceed`` of ``n`` answers slower
+    than it. Returns ``(likelihood ratio, p-value)``.
+
+    The ratio mixes the alternatives ``q`` uniformly over ``[share, 1]``::
+
+        Lambda = integral_share^1 (q/share)^k ((1-q)/(1-share))^(n-k) dq / (1 - share)
+
+    For every ``q`` above ``share`` each factor has expectation <= 1 under any rate <= ``share``, so Lambda
+    is a test supermartingale under H0 and (Ville) the chance that ``1/Lambda`` *ever* drops below alpha is
+    at most alpha: it may be looked at after every answer. Computed exactly (a truncated Beta integral)."""
+    if not 0 < share < 1:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    if n < 0 or not 0 <= exceed <= n:
+        raise ValueError(f"need 0 <= exceed <= n, got {exceed} of {n}")
+    if n == 0:
+        return 1.0, 1.0
+    a, b = exceed + 1.0, n - exceed + 1.0
+    log_lr = (special.betaln(a, b) + stats.beta.logsf(share, a, b) - math.log1p(-share)
+              - exceed * math.log(share) - (n - exceed) * math.log1p(-share))
+    lr = math.exp(min(float(log_lr), 700.0))
+    return lr, min(1.0, 1.0 / lr)
+
+
 def latency_check(primary_ms: Any, candidate_ms: Any, cfg: AnalysisConfig, segment: str = ALL,
                   quantile: float = 0.95) -> Check:
-    """Kayenta-like latency judge: fail only when the candidate is significantly slower (one-sided
-    Mann-Whitney p < alpha) *and* its ``quantile`` exceeds ``primary * latency_tolerance + latency_slack_ms``;
-    pass when the quantile is within that bound; slower but not significantly so, or too few requests ->
-    inconclusive."""
+    """Latency judge on the ``quantile`` (p95 / p99). The bound is ``primary * latency_tolerance +
+    latency_slack_ms``; fail when the candidate's quantile is above it *and* significantly so: more than
+    ``1 - quantile`` of its answers are slower than the bound by :func:`tail_exceedance_test` (p < alpha,
+    valid however often it is looked at). Pass when the quantile is within the bound; above it but not
+    significantly, or too few requests -> inconclusive. The bound comes from the primary's own quantile,
+    re-estimated at every look (the primary has the larger share of the traffic, and the tolerance and slack
+    cover its noise)."""
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
     name = f"latency_p{round(quantile * 100):d}"
@@ -215,27 +247,31 @@ def latency_check(primary_ms: Any, candidate_ms: Any, cfg: AnalysisConfig, segme
     q_p = float(np.quantile(p_ms, quantile)) if n_p else math.nan
     q_c = float(np.quantile(c_ms, quantile)) if n_c else math.nan
     bound = q_p * cfg.latency_tolerance + cfg.latency_slack_ms
-    u, p = _mann_whitney_less(p_ms, c_ms)
+    share = 1.0 - quantile
+    exceed = int(np.count_nonzero(c_ms > bound)) if n_p else 0
+    lr, p = tail_exceedance_test(exceed, n_c, share) if n_p else (math.nan, math.nan)
     extra = {"threshold_ms": bound, "ratio": q_c / q_p if q_p > 0 else math.nan,
+             "candidate_above_threshold": float(exceed), "share_allowed": share,
              "median_primary_ms": float(np.median(p_ms)) if n_p else math.nan,
              "median_candidate_ms": float(np.median(c_ms)) if n_c else math.nan}
     figures = f"candidate {label} {_fmt(q_c)} ms vs primary {_fmt(q_p)} ms"
+    slower = f"{exceed} of {n_c} candidate answers slower than it, {_fmt(share)} allowed"
     need = _min_n(cfg, segment)
     if min(n_p, n_c) < need:
         verdict = INCONCLUSIVE
         reason = f"too few requests (primary {n_p}, candidate {n_c} < {need})"
     elif q_c > bound and p < cfg.alpha:
         verdict = FAIL
-        reason = (f"{figures}, above the {_fmt(bound)} ms allowed (Mann-Whitney {_p(p)} < alpha "
+        reason = (f"{figures}, above the {_fmt(bound)} ms allowed: {slower} (always-valid {_p(p)} < alpha "
                   f"{_fmt(cfg.alpha)})")
     elif q_c > bound:
         verdict = INCONCLUSIVE
-        reason = (f"{figures}, above the {_fmt(bound)} ms allowed but not significantly slower (Mann-Whitney "
-                  f"{_p(p)} >= alpha {_fmt(cfg.alpha)})")
+        reason = (f"{figures}, above the {_fmt(bound)} ms allowed but not significantly: {slower} "
+                  f"(always-valid {_p(p)} >= alpha {_fmt(cfg.alpha)})")
     else:
         verdict = PASS
-        reason = f"{figures}, within the {_fmt(bound)} ms allowed (Mann-Whitney {_p(p)})"
-    return Check(name, segment, verdict, u, p, q_p, q_c, n_p, n_c, reason, extra)
+        reason = f"{figures}, within the {_fmt(bound)} ms allowed ({slower})"
+    return Check(name, segment, verdict, lr, p, q_p, q_c, n_p, n_c, reason, extra)
 
 
 # ---------------------------------------------------------------------------------------------- rates
