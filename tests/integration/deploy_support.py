@@ -49,7 +49,7 @@ class Load(threading.Thread):
     Paced by default: a product service sends its traffic at its own rate, and a canary is judged on that. A
     closed loop on this 2-core machine saturates it (load generator, two replicas and Triton share the cores),
     so latency becomes queueing and ~1% of the Triton calls run out of their 25 ms budget on both arms; the
-    judge then rightly needs more answers than a 30 s test bake gives to say those rates are within 1 point.
+    judge then rightly needs many more answers to say those rates are within 1 point of each other.
     The closed loop's capacity here is 200-350 requests a second; the default is well under it."""
 
     def __init__(self, urls: list[str], headers: dict[str, str], rows: list[dict], workers: int = 3,
