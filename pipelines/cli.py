@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import ConfigError, Settings, load_settings
+from pipelines.jobs.common import run_id_arg
 from pipelines.orchestration import AirflowApiError
 from pipelines.services import ServiceError, Supervisor, managed_services
 from pipelines.usecases import SpecError, get_usecase, list_usecases
@@ -724,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lake", help="ingest or show the lake")
     p.add_argument("action", choices=["ingest", "show"])
     p.add_argument("--usecase")
-    p.add_argument("--run-id")
+    p.add_argument("--run-id", type=run_id_arg)
     p.add_argument("--source", action="append", default=[], metavar="TABLE=PATH")
     p.set_defaults(func=cmd_lake)
 

@@ -74,18 +74,6 @@ def interval_days(start: datetime, end: datetime) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def _partition_dates(folder: Path, column: str) -> set[date]:
-    prefix = f"{column}="
-    out = set()
-    for p in folder.iterdir():
-        if p.is_dir() and p.name.startswith(prefix):
-            try:
-                out.add(date.fromisoformat(p.name[len(prefix):]))
-            except ValueError:
-                continue
-    return out
-
-
 @dataclass
 class Plan:
     """What a run will do, checked before Spark starts."""
@@ -145,7 +133,7 @@ def plan(settings: Settings, usecase: UseCase, start: datetime, end: datetime, r
     model = resolve_version(settings, usecase.name, alias=None if version else (alias or "champion"),
                             version=version)
     try:
-        available = _partition_dates(Path(lake.path(spec.source)), partition_column)
+        available = lake.partition_dates(spec.source, partition_column)
     except TableNotFound as exc:
         raise BatchPredictError(f"no entities to score: {exc}") from None
     if not available.intersection(days):
@@ -167,7 +155,7 @@ def check_feature_coverage(lake: Lake, features: FeatureSet, start: datetime, en
     for view in features.batch_views:
         name = feature_table_name(features.usecase, view.name)
         try:
-            dates = _partition_dates(Path(lake.path(name)), EVENT_DATE)
+            dates = lake.partition_dates(name, EVENT_DATE)
         except TableNotFound:
             problems.append(f"offline feature table '{name}' is not published (run features_offline)")
             continue

@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def expected_failures() -> tuple[type[BaseException], ...]:
     from pipelines.lake.ingest import NotValidated
+    from pipelines.lake.tables import Superseded
     from pipelines.lake.transform import SourceError
     from pipelines.quality.expectations import SuiteError, ValidationFailed
 
-    return (NotValidated, SourceError, SuiteError, ValidationFailed, ValueError)
+    return (NotValidated, Superseded, SourceError, SuiteError, ValidationFailed, ValueError)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
   and marks the staging copies as validated, or fails with a readable report (kept under the run's report
   folder) and discards them.
 - ``publish`` atomically swaps validated staging copies in as the tables' published versions. It refuses data
-  that was not validated, so corrupt data never reaches the lake tables.
+  that was not validated, so corrupt data never reaches the lake tables. A retried publish skips the tables
+  whose version from this run is already current, and refuses if a later run superseded one of them.
 
 Each step is idempotent for a run id: a re-run overwrites that run's staging copy; a re-run of the whole
 ingest publishes identical table contents.
@@ -96,12 +97,14 @@ def validate(spark: SparkSession, settings: Settings, usecase: UseCase, run_id: 
 
 
 def publish(settings: Settings, usecase: UseCase, run_id: str) -> dict[str, str]:
-    """Publish every validated staged table of `run_id`. Checks all before publishing any."""
+    """Publish every validated staged table of `run_id`. Checks all before publishing any; tables this run
+    already published (a retry) are returned as they are (:class:`Superseded` if a later run replaced one)."""
     lake = Lake(settings.lake_root)
+    done = {name: v for name in usecase.tables if (v := lake.published_version(name, run_id)) is not None}
     for name in usecase.tables:
-        if not (lake.staging_path(name, run_id) / VALIDATED).exists():
+        if name not in done and not (lake.staging_path(name, run_id) / VALIDATED).exists():
             raise NotValidated(f"table '{name}' of run '{run_id}' was not validated; refusing to publish it")
-    return {name: lake.publish(name, run_id) for name in usecase.tables}
+    return {name: done.get(name) or lake.publish(name, run_id) for name in usecase.tables}
 
 
 def summary(settings: Settings, usecase: UseCase) -> list[TableInfo]:

@@ -8,17 +8,37 @@ half-written table, and a job killed at any point leaves the published version u
 
 Each version carries ``_atelier.json`` (row count, columns, run id, time) so summaries need no Spark.
 Local and shared (POSIX-mounted) file systems only; object stores would need a table format (Delta, Iceberg).
+
+Durability: before the pointer swap every staged file and folder is fsynced, and each rename / replace is
+followed by an fsync of the folder holding it, so after a power cut ``_CURRENT`` never names a version whose
+files were not on disk.
+
+Names: a table name or run id must be one honest path component (:func:`check_name` refuses empty names,
+``.``, ``..``, slashes, NUL and control characters); :func:`safe_name` maps a run id to a folder name
+injectively (names of ``[A-Za-z0-9_.-]`` stay as they are, any other gets a digest of the original), so two
+runs never share a staging folder and a run never stages outside its own.
+
+Publication is idempotent per (table, run id): publishing a run whose version is already current returns that
+version; one whose version was superseded by a later run is refused (:class:`Superseded`), never republished.
+
+Retention: a superseded version is kept for ``retention`` (default :data:`RETENTION`, 24 h) after it stopped
+being current, so a reader that resolved ``Lake.path`` before a publish (a long Spark job) keeps reading a
+whole version; the previously published version is always kept (a quick rollback). Versions never made
+current (a crashed publisher's) are collected at the next publish. ``<table>/_published/<version>.json``
+records when a version was published and which version it superseded (``published_at``, ``supersedes``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,12 +49,23 @@ if TYPE_CHECKING:
 
 CURRENT = "_CURRENT"
 PREVIOUS = "_PREVIOUS"
-KEEP_VERSIONS = 2  # what garbage collection keeps: the published version and the one published before it
+PUBLISHED = "_published"  # <version>.json: when it was published, which version it superseded
+KEEP_VERSIONS = 2  # kept whatever their age: the published version and the one published before it
+RETENTION = timedelta(hours=24)  # how long a superseded version outlives its supersession (longest reader)
 MANIFEST = "_atelier.json"
+STAGING = "_staging"
 
 
 class TableNotFound(LookupError):
     pass
+
+
+class UnsafeName(ValueError):
+    """A table name or run id that cannot be one path component."""
+
+
+class Superseded(RuntimeError):
+    """The run's version was published, then replaced by a later run's: it is not published again."""
 
 
 @dataclass(frozen=True)
@@ -49,20 +80,51 @@ class TableInfo:
     created_at: str
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_DIGESTED = re.compile(r".*-h[0-9a-f]{16}")
+_MAX_PLAIN = 120
+
+
+def check_name(value: str, what: str = "run id") -> str:
+    """`value` if it can name one path component; else :class:`UnsafeName` naming `what` and the value."""
+    if not value:
+        reason = "must not be empty"
+    elif value in (".", ".."):
+        reason = "'.' and '..' name folders, they cannot name a run or a table"
+    elif "/" in value or "\\" in value:
+        reason = "must not contain a slash"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+        reason = "must not contain NUL or control characters"
+    else:
+        return value
+    raise UnsafeName(f"{what} {value!r}: {reason}")
+
+
 def safe_name(run_id: str) -> str:
-    """A run id as a file-name-safe string (what staging folders, versions and reports are named by)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:120]
+    """A run id as a file-name-safe string (what staging folders, versions and reports are named by).
+
+    Deterministic and injective: a name of ``[A-Za-z0-9_.-]`` (not starting with ``.`` or ``-``, at most 120
+    characters, not ending like a digest) is its own folder name; any other keeps its safe characters (the
+    rest become ``_``) and gets ``-h`` + 16 hex digits of its SHA-256, so ``a:b`` and ``a+b`` differ. The result
+    is never empty, ``.``, ``..``, hidden, or longer than 150 characters, and holds no slash.
+    """
+    if _PLAIN.fullmatch(run_id) and len(run_id) <= _MAX_PLAIN and not _DIGESTED.fullmatch(run_id):
+        return run_id
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:_MAX_PLAIN] or "_"
+    return f"{re.sub(r'^[.-]', '_', readable)}-h{digest}"
 
 
 class Lake:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, retention: timedelta = RETENTION) -> None:
         self.root = Path(root)
+        self.retention = retention
 
     def _table(self, name: str) -> Path:
-        return self.root / name
+        return self.root / check_name(name, "table name")
 
     def staging_path(self, name: str, run_id: str) -> Path:
-        return self._table(name) / "_staging" / safe_name(run_id)
+        return self._table(name) / STAGING / safe_name(check_name(run_id))
 
     def current_version(self, name: str) -> str | None:
         try:
@@ -80,7 +142,33 @@ class Lake:
     def info(self, name: str) -> TableInfo:
         path = Path(self.path(name))
         manifest = json.loads((path / MANIFEST).read_text())
-        return TableInfo(name=name, version=path.name, path=str(path), **manifest)
+        known = {f.name for f in fields(TableInfo)}
+        return TableInfo(name=name, version=path.name, path=str(path),
+                         **{k: v for k, v in manifest.items() if k in known})
+
+    def published_version(self, name: str, run_id: str) -> str | None:
+        """The current version if `run_id` published it; None if that run has no version (any more).
+
+        Raises :class:`Superseded` when the run's newest version was published and then replaced by a later one.
+        """
+        current = self.current_version(name)
+        mine = self._versions_of(name, run_id)
+        if not mine:
+            return None
+        if mine[-1] == current:
+            return current
+        if current and _sequence(mine[-1]) < _sequence(current):
+            raise Superseded(f"run '{run_id}' published version {mine[-1]} of lake table '{name}', since "
+                             f"superseded by {current}; not republishing an older run over a newer one")
+        return None  # renamed in by a publisher that died before the pointer swap: never published
+
+    def _versions_of(self, name: str, run_id: str) -> list[str]:
+        folder = self._table(name) / "versions"
+        if not folder.is_dir():
+            return []
+        suffix = safe_name(check_name(run_id))
+        return sorted((p.name for p in folder.iterdir() if re.fullmatch(rf"v\d+-{re.escape(suffix)}", p.name)),
+                      key=_sequence)
 
     def tables(self) -> list[str]:
         if not self.root.is_dir():
@@ -98,9 +186,13 @@ class Lake:
 
         Version ids carry a sequence number, so they follow publication order and never collide (a re-run of
         the same run id publishes a new version). Publishers of one table are serialised by a file lock.
+        Idempotent: with nothing staged, a run whose version is current gets that version back (a retried
+        task); one whose version was superseded raises :class:`Superseded`.
         """
         staged = self.staging_path(name, run_id)
         if not (staged / MANIFEST).exists():
+            if (version := self.published_version(name, run_id)) is not None:
+                return version
             raise TableNotFound(f"nothing staged for lake table '{name}' by run '{run_id}' ({staged})")
         table = self._table(name)
         versions = table / "versions"
@@ -109,7 +201,11 @@ class Lake:
             return self._swap_in(name, staged, run_id)
 
     def discard_staging(self, name: str, run_id: str) -> None:
-        shutil.rmtree(self.staging_path(name, run_id), ignore_errors=True)
+        """Remove the run's staging folder, and nothing else."""
+        staged = self.staging_path(name, run_id)
+        if staged.parent != self._table(name) / STAGING or staged.name in ("", ".", ".."):
+            raise UnsafeName(f"run id {run_id!r}: staging folder {staged} is not inside {staged.parent}")
+        shutil.rmtree(staged, ignore_errors=True)
 
     def partitions(self, name: str, column: str) -> dict[str, int]:
         """Published partition values -> rows (from each partition's manifest; -1 when it has none)."""
@@ -122,6 +218,18 @@ class Lake:
                 out[value] = int(json.loads((folder / PARTITION_MANIFEST).read_text())["rows"])
             except (FileNotFoundError, KeyError, ValueError):
                 out[value] = -1
+        return out
+
+    def partition_dates(self, name: str, column: str) -> set[date]:
+        """The dates of the published ``column=<ISO date>`` partitions of ``name``, from folder names alone."""
+        prefix = f"{column}="
+        out = set()
+        for folder in Path(self.path(name)).iterdir():
+            if folder.is_dir() and folder.name.startswith(prefix):
+                try:
+                    out.add(date.fromisoformat(folder.name[len(prefix):]))
+                except ValueError:
+                    continue
         return out
 
     def read_partitions(self, spark: SparkSession, name: str, column: str, values: Iterable[str], *,
@@ -153,6 +261,8 @@ class Lake:
         Returns the new version id."""
         staged = self.staging_path(name, run_id)
         if not staged.is_dir():
+            if (version := self.published_version(name, run_id)) is not None:
+                return version
             raise TableNotFound(f"nothing staged for lake table '{name}' by run '{run_id}' ({staged})")
         staged_values = {v: p for p in staged.iterdir() if (v := _partition_value(p, column)) is not None}
         outside = sorted(set(staged_values) - set(replace))
@@ -192,7 +302,13 @@ class Lake:
         previous = self.current_version(name)
         sequence = max((_sequence(p.name) for p in versions.iterdir()), default=0) + 1
         version = f"v{sequence:06d}-{safe_name(run_id)}"
+        _fsync_tree(staged)
         os.rename(staged, versions / version)
+        _fsync_dir(versions)
+        _fsync_dir(staged.parent)
+        (table / PUBLISHED).mkdir(exist_ok=True)
+        _atomic_write(table / PUBLISHED / f"{version}.json",
+                      json.dumps({"published_at": time.time(), "supersedes": previous}))
         if previous:
             _atomic_write(table / PREVIOUS, previous)
         _atomic_write(table / CURRENT, version)
@@ -200,7 +316,8 @@ class Lake:
         return version
 
     def _collect_garbage(self, name: str) -> None:
-        """Keep the published version and the one published before it (a quick rollback); drop the rest,
+        """Keep the published version, the one published before it (a quick rollback) and every version
+        superseded less than ``retention`` ago (readers that resolved it before a publish); drop the rest,
         including versions a crashed publisher renamed into place but never made current."""
         table = self._table(name)
         keep = {self.current_version(name)}
@@ -208,9 +325,21 @@ class Lake:
             keep.add((table / PREVIOUS).read_text().strip())
         except FileNotFoundError:
             pass
-        for old in (table / "versions").iterdir():
-            if old.is_dir() and old.name not in keep:
-                shutil.rmtree(old, ignore_errors=True)
+        records = table / PUBLISHED
+        superseded_at: dict[str, float] = {}
+        for record in records.glob("*.json") if records.is_dir() else []:
+            try:
+                entry = json.loads(record.read_text())
+                if entry.get("supersedes"):
+                    superseded_at[entry["supersedes"]] = float(entry["published_at"])
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                continue
+        horizon = time.time() - self.retention.total_seconds()
+        for folder in (table / "versions").iterdir():
+            if not folder.is_dir() or folder.name in keep or superseded_at.get(folder.name, -1.0) > horizon:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            (records / f"{folder.name}.json").unlink(missing_ok=True)
 
 
 def _sequence(version: str) -> int:
@@ -225,6 +354,27 @@ def _atomic_write(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)  # the replace itself is durable only once its folder is
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file, then every folder (deepest first) under `root`, `root` included."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for filename in filenames:
+            fd = os.open(os.path.join(dirpath, filename), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
 
 
 # ------------------------------------------------------------------------------------ partitioned tables
@@ -233,7 +383,7 @@ def _atomic_write(path: Path, text: str) -> None:
 # files of every other partition of the published version (no copy, milliseconds), then swaps
 # ``_CURRENT`` like ``Lake.publish``. So a replacement is one atomic pointer swap: a writer killed at any point
 # leaves the published version as it was, readers see a whole version (every partition complete), and the
-# files of a version are never modified, only unlinked by garbage collection once two newer versions exist.
+# files of a version are never modified, only unlinked by garbage collection (see the module docstring).
 # Two runs replacing different partitions may run concurrently: each merges, under the table's publish
 # lock, with the version current at that moment, so neither loses the other's partitions.
 PARTITION_MANIFEST = "_partition.json"

@@ -182,7 +182,7 @@ def test_concurrent_runs_over_different_intervals_lose_nothing(tmp_path):
 
 
 def test_old_versions_are_collected_but_shared_files_survive(tmp_path):
-    lake = Lake(tmp_path)
+    lake = Lake(tmp_path, retention=timedelta(0))
     publish(lake, "r0", ["2013-01-01"], payload="keep")
     for i in range(1, 5):
         publish(lake, f"r{i}", ["2013-01-02"], payload=str(i))

