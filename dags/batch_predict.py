@@ -14,8 +14,10 @@ partitioned by day.
 Great Expectations checks the staged output (row count = entities read, no null prediction, nested
 intervals) before it replaces **only the interval's days**, by an atomic pointer swap: a failed check or a
 killed job leaves the published days as they were; a re-run gives the same rows; runs over different
-intervals may overlap. Unknown alias, empty interval or feature tables that do not cover the interval fail
-the task at once with `ATELIER JOB FAILED: ...` naming the cause (no retry helps those; fix and re-run).
+intervals may overlap. An interval with no entity yet (no lake before the first ingest, or no partition of
+those days: a scheduled run past the data) ends **skipped** with the reason, before Spark starts. Unknown
+alias, a reversed interval or feature tables that do not cover the interval fail the task at once with
+`ATELIER JOB FAILED: ...` naming the cause (no retry helps those; fix and re-run).
 The published table emits the `predictions.<usecase>` Asset (the feedback loop reads it).
 """
 

@@ -7,6 +7,9 @@ the `local` profile, Cassandra in `cluster`); then **skew_check** samples entiti
 values and recomputes them offline, failing above the spec's mismatch threshold (report under
 `<home>/reports/<usecase>/skew/` and in the lake's `_reports/skew`).
 
+An interval without any source event (no lake before the first ingest, or a scheduled run past the data)
+ends **skipped** with the reason, before Spark starts.
+
 Writes are versioned by event time: a re-run or a retry of an interval is harmless and an old interval
 replayed never overwrites newer values. Cassandra down: the task retries, then fails naming the store.
 

@@ -21,6 +21,9 @@ tables are in (`monitoring_feedback` runs at 01:00):
    window to train on; `model_train` consumes it (every event queued while it waited, in one run) and the
    retrained version goes through the promotion rules and the deployment. Skipped when nothing new opened.
 
+An interval with no served, feedback or source day published yet (a scheduled run past the data, or no lake
+before the first ingest) ends **skipped** with the reason, before Spark starts.
+
 Read the findings with `atelier monitor findings --usecase flights_eta [--column ...] [--segment ...]`.
 """
 

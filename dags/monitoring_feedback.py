@@ -22,6 +22,9 @@ batch views) and fails above the spec's mismatch threshold, naming the feature (
 `<home>/reports/<usecase>/served_skew/`). Known serving conditions (store down, materialization lag, a
 stale value replaced by policy) are reported apart, not as skew.
 
+An interval with nothing new (no prediction-log or outcome-log file of its days and no batch prediction of
+them) ends **skipped** with the reason, before Spark starts.
+
 Read the metrics with `atelier monitor metrics --usecase flights_eta`. Emits the `feedback.<usecase>` Asset.
 """
 

@@ -10,17 +10,62 @@ Spark starts: a bad one exits 2 with ``ATELIER JOB FAILED: ...`` naming what is 
 
 from __future__ import annotations
 
-from pipelines.jobs.common import base_parser, context, log, parse_time, run_job
+from pipelines.jobs.common import (
+    base_parser,
+    context,
+    log,
+    parse_time,
+    published_days,
+    run_job,
+    skip_if_nothing_to_do,
+)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser():
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--start", required=True, help="interval start (inclusive), ISO date/time, UTC")
     parser.add_argument("--end", required=True, help="interval end (exclusive), ISO date/time, UTC")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--alias", help="registered model alias (default: champion)")
     which.add_argument("--model-version", help="a pinned registered model version (instead of an alias)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def nothing_to_do(argv: list[str]) -> str | None:
+    """Why a run has nothing to score (its entity table is not published yet, or has no partition in the
+    interval), else None; what this cannot judge is left to the job's own checks."""
+    from pipelines.batch.predict import interval_days
+    from pipelines.featurestore.spec import load_feature_set
+    from pipelines.lake.tables import Lake
+
+    try:
+        args = _parser().parse_args(argv)
+        start, end = parse_time(args.start), parse_time(args.end)
+    except (SystemExit, ValueError):  # the job itself names the bad argument
+        return None
+    if start is None or end is None or start >= end:
+        return None
+    try:
+        settings, usecase = context(args)
+        label = load_feature_set(usecase).label
+    except Exception:  # noqa: BLE001 - the job itself reports a bad spec or setting, with its message
+        return None
+    if label is None or len(usecase.tables[label.source].partition_by) != 1:
+        return None
+    column = usecase.tables[label.source].partition_by[0]
+    days = published_days(Lake(settings.lake_root), label.source, column, interval_days(start, end))
+    if days is None:
+        return f"nothing to score: lake table '{label.source}' is not published yet (run lake_ingest)"
+    if not days:
+        return (f"nothing to score: lake table '{label.source}' has no {column} partition in "
+                f"[{start.date()}, {end.date()})")
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    if skip_if_nothing_to_do(nothing_to_do, argv):
+        return
+    args = _parser().parse_args(argv)
 
     from pipelines.batch import predict
     from pipelines.spark import get_spark

@@ -9,17 +9,63 @@ from __future__ import annotations
 
 import json
 
-from pipelines.jobs.common import base_parser, context, log, parse_time, run_job
+from pipelines.jobs.common import (
+    base_parser,
+    context,
+    log,
+    parse_time,
+    rows_between,
+    run_job,
+    skip_if_nothing_to_do,
+)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser():
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("step", choices=["offline", "materialize", "skew"])
     parser.add_argument("--start", help="interval start (inclusive), ISO date/time, UTC")
     parser.add_argument("--end", help="interval end (exclusive), ISO date/time, UTC")
     parser.add_argument("--as-of", help="skew: the time the online values are judged at (default: --end)")
     parser.add_argument("--view", action="append", default=[], help="only these views (default: all)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def nothing_to_do(argv: list[str]) -> str | None:
+    """Why a ``materialize`` run has nothing to do (no source event in its interval, or no lake yet), else
+    None. Anything this cannot judge (bad arguments, a bad spec) is left to the job, which names it."""
+    from pipelines.featurestore.spec import load_feature_set
+    from pipelines.lake.tables import Lake
+
+    try:
+        args = _parser().parse_args(argv)
+        start, end = parse_time(args.start), parse_time(args.end)
+    except (SystemExit, ValueError):  # the job itself names the bad argument
+        return None
+    if args.step != "materialize" or start is None or end is None or start >= end:
+        return None
+    try:
+        settings, usecase = context(args)
+        views = [v for v in load_feature_set(usecase).batch_views if not args.view or v.name in args.view]
+    except Exception:  # noqa: BLE001 - the job itself reports a bad spec or setting, with its message
+        return None
+    lake = Lake(settings.lake_root)
+    seen = []
+    for view in views:
+        if lake.current_version(view.source) is None:
+            seen.append(f"{view.name}: lake table '{view.source}' is not published yet (run lake_ingest)")
+            continue
+        rows = rows_between(lake, view.source, view.event_time, start, end)
+        if rows != 0:
+            return None
+        seen.append(f"{view.name}: no '{view.source}' row with {view.event_time} in the interval")
+    return (f"nothing to materialize for [{start.isoformat()}, {end.isoformat()}): " + "; ".join(seen)
+            if seen else None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    if skip_if_nothing_to_do(nothing_to_do, argv):
+        return
+    args = _parser().parse_args(argv)
 
     from pipelines.featurestore import materialize, offline, skew
     from pipelines.featurestore.spec import load_feature_set

@@ -39,7 +39,26 @@ def _service_fixture(name):
 cassandra_service = _service_fixture("cassandra")
 mlflow_service = _service_fixture("mlflow")
 triton_service = _service_fixture("triton")
-airflow_service = _service_fixture("airflow")
+
+
+@pytest.fixture(scope="session")
+def airflow_service(settings):
+    """Airflow, with `features_offline` paused for the session.
+
+    Unpaused, every lake_ingest run of the tests would start the asset cascade features_offline -> model_train
+    (rebuild every offline table, train again) beside the tests that follow: ~10 minutes of the 2 cores that no
+    test waits for or asserts. The tests build offline tables through the job itself (a shared fixture);
+    test_airflow checks that lake_ingest's run emits the table events the cascade is scheduled on.
+    """
+    from pipelines.cli import _airflow_client
+
+    supervisor, spec, was_running = _start(settings, "airflow")
+    client = _airflow_client(settings)
+    client.wait_for_dag("features_offline")
+    client.set_paused("features_offline", True)
+    yield spec
+    if not was_running:
+        supervisor.down(spec)
 
 
 @pytest.fixture(scope="session")

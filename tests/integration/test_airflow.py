@@ -45,6 +45,11 @@ def test_lake_ingest_through_airflow(client, settings, usecase):
         assert lake.info(table).run_id == run_id
     assert lake.info("flights").rows == 336776
     assert lake.info("weather").rows == 26115
+    # The events features_offline is scheduled on (paused for the test session, see conftest.py).
+    events = client._request("GET", "/api/v2/assets/events", params={"source_dag_id": "lake_ingest",
+                                                                     "source_run_id": run_id, "limit": 100})
+    emitted = {e["name"] for e in events["asset_events"]}
+    assert emitted == {f"lake.{t}" for t in usecase.tables}, emitted
 
 
 def test_unknown_usecase_param_is_rejected_at_trigger(client):

@@ -219,19 +219,26 @@ def run_job_directly(settings, *args: str, **env: str) -> subprocess.CompletedPr
 @pytest.mark.parametrize(("args", "reason"), [
     (["--alias", "no-such-alias", "--start", "2013-12-10", "--end", "2013-12-11"],
      "ModelNotFound\nregistered model 'flights_eta' has no alias 'no-such-alias'"),
-    (["--start", "2014-03-01", "--end", "2014-03-03"],
-     "BatchPredictError\nempty interval: lake table 'flights' has no sched_dep_date partition in "
-     "[2014-03-01, 2014-03-02]"),
     (["--start", "2013-12-10", "--end", "2013-12-10"],
      "BatchPredictError\nempty interval: start 2013-12-10T00:00:00+00:00 is not before end"),
     (["--start", "2013-13-10", "--end", "2013-12-11"], "ValueError\n'2013-13-10' is not an ISO date"),
-], ids=["unknown-alias", "no-flights", "start-equals-end", "bad-date"])
+], ids=["unknown-alias", "start-equals-end", "bad-date"])
 def test_bad_input_fails_early_and_clearly(settings, model, args, reason):
     version_args = [] if "--alias" in args else ["--model-version", model.version]
     done = run_job_directly(settings, "--run-id", "test-batch-bad", *version_args, *args)
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"ATELIER JOB FAILED: {reason}" in done.stderr
     assert "Traceback" not in done.stderr and "SparkContext" not in done.stderr + done.stdout
+
+
+def test_an_interval_without_flights_is_skipped_with_the_reason_before_spark(settings, model):
+    """Nothing to score is not a failure (a scheduled run past the data): exit 0, the reason, no Spark."""
+    done = run_job_directly(settings, "--run-id", "test-batch-nothing", "--model-version", model.version,
+                            "--start", "2014-03-01", "--end", "2014-03-03")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("ATELIER JOB SKIPPED: nothing to score: lake table 'flights' has no sched_dep_date partition in "
+            "[2014-03-01, 2014-03-03)") in done.stdout
+    assert "SparkContext" not in done.stderr + done.stdout
 
 
 def test_missing_feature_tables_fail_early_naming_them(settings, lake, model, tmp_path):
