@@ -93,6 +93,12 @@ class AirflowSettings(_Section):
     managed: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    scheduler_health_check_port: int = Field(8974, ge=1, le=65535, description="the scheduler's health-check "
+                                             "server, bound to `host`")
+    worker_log_server_port: int = Field(8793, ge=1, le=65535, description="task log server of the scheduler's "
+                                        "LocalExecutor; Airflow binds it on all interfaces (no host option)")
+    trigger_log_server_port: int = Field(8794, ge=1, le=65535, description="the triggerer's log server; Airflow "
+                                         "binds it on all interfaces (no host option)")
 
 
 class ApiSettings(_Section):
@@ -118,6 +124,9 @@ class ApiSettings(_Section):
     shadow_queue: int = Field(1_000, ge=1, description="requests waiting to be scored by a shadow version; "
                               "beyond it copies are dropped (counted), never the answers")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+    insecure_no_auth_on_public_bind: bool = Field(
+        False, description="DANGER: serve with auth_required off on a non-loopback host; without it the API "
+        "refuses to start so (anyone who can reach the port could use it)")
 
 
 class DeploySettings(_Section):

@@ -46,10 +46,13 @@ from serving.resilience import parse_as_of
 from serving.schemas import BatchResponse, ErrorResponse, PredictionResponse, field_errors
 from serving.service import NoModel, PredictionService, StaleFeature
 
-__all__ = ["TOKEN_ENV", "create_app"]
+__all__ = ["MIN_TOKEN_CHARS", "TOKEN_ENV", "check_token", "create_app"]
 
 log = logging.getLogger("atelier.serving")
 TOKEN_ENV = "ATELIER_API_TOKEN"
+# 16 random bytes (128 bits) are 22 characters of URL-safe base64 (secrets.token_urlsafe(16)), 32 of hex.
+MIN_TOKEN_CHARS = 22
+PLACEHOLDER_PREFIX = "change-me"  # every placeholder of docker/.env.example starts so
 AS_OF_HEADER = "x-atelier-as-of"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 JSON = "application/json"
@@ -79,14 +82,26 @@ def _error(exc: ApiError, request_id: str | None) -> Response:
     return _json(body, exc.status, headers)
 
 
+def check_token(token: str) -> None:
+    """Refuse a bearer token that is missing, a documented placeholder or too short to be a random secret."""
+    if not token:
+        raise RuntimeError(f"api.auth_required is on but {TOKEN_ENV} is not set: set it to the bearer token "
+                           "clients must send, e.g. `openssl rand -hex 32` (or turn auth off in a local profile)")
+    if token.strip().lower().startswith(PLACEHOLDER_PREFIX):
+        raise RuntimeError(f"{TOKEN_ENV} is still the placeholder of docker/.env.example: replace it with a "
+                           "random secret, e.g. `openssl rand -hex 32`")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise RuntimeError(f"{TOKEN_ENV} is {len(token)} characters long; use a random secret of at least "
+                           f"{MIN_TOKEN_CHARS}, e.g. `openssl rand -hex 32`")
+
+
 def create_app(settings: Settings, service: PredictionService | None = None, token: str | None = None) -> FastAPI:
     """The ASGI app. ``token`` defaults to ``$ATELIER_API_TOKEN``; with auth required, a missing token is an
     error at creation (the API never runs open by accident)."""
     api = settings.api
     token = token if token is not None else os.environ.get(TOKEN_ENV, "")
-    if api.auth_required and not token:
-        raise RuntimeError(f"api.auth_required is on but {TOKEN_ENV} is not set: set it to the bearer token "
-                           "clients must send (or turn auth off in a local profile)")
+    if api.auth_required:
+        check_token(token)
     expected = f"Bearer {token}".encode() if api.auth_required else b""
     deadline_s = api.deadline_ms / 1000
     svc = service or PredictionService(settings)

@@ -12,15 +12,21 @@ class CircuitBreaker:
     """Closed -> open after ``failures`` consecutive failures spread over at least ``min_streak_s`` (so one
     slow moment that fails a burst of concurrent calls at once does not open it; a dead dependency, failing
     every call, does). Open for ``cooldown_s``, then one probe is let through (half-open): its success
-    closes the breaker, its failure opens it again. Not thread-safe: one event loop."""
+    closes the breaker, its failure opens it again. A probe that never reports (cancelled, or a caller that
+    forgot) holds the slot for at most ``probe_timeout_s``; then the next call is the new probe, so the
+    breaker cannot stay open for good. Callers still report a cancelled call as a failure. Not thread-safe:
+    one event loop."""
 
-    def __init__(self, failures: int = 3, cooldown_s: float = 1.0, min_streak_s: float = 0.2) -> None:
+    def __init__(self, failures: int = 3, cooldown_s: float = 1.0, min_streak_s: float = 0.2,
+                 probe_timeout_s: float = 2.0) -> None:
         self.threshold, self.cooldown_s, self.min_streak_s = failures, cooldown_s, min_streak_s
+        self.probe_timeout_s = probe_timeout_s
         self.failures = 0
         self.streak_start = 0.0
         self.open_until = 0.0
         self.opened = False
         self.probing = False
+        self.probe_started = 0.0
 
     @property
     def state(self) -> str:
@@ -31,9 +37,10 @@ class CircuitBreaker:
     def allow(self) -> bool:
         if not self.opened:
             return True
-        if time.monotonic() < self.open_until or self.probing:
+        now = time.monotonic()
+        if now < self.open_until or (self.probing and now - self.probe_started < self.probe_timeout_s):
             return False
-        self.probing = True
+        self.probing, self.probe_started = True, now
         return True
 
     def success(self) -> None:

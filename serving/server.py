@@ -8,12 +8,38 @@ in-flight requests, then the app's shutdown drains the prediction log.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 
 from pipelines.config import Settings, get_settings, load_settings
 
-__all__ = ["build_app", "main", "serve"]
+__all__ = ["build_app", "check_bind", "is_loopback", "main", "serve"]
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost (a name that resolves elsewhere, or 0.0.0.0, is not)."""
+    if host.strip().lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings, host: str) -> None:
+    """Refuse to serve without auth on an address other machines can reach, unless the override says so."""
+    api = settings.api
+    if api.auth_required or is_loopback(host):
+        return
+    if api.insecure_no_auth_on_public_bind:
+        logging.getLogger("atelier.serving").warning(
+            "SERVING WITHOUT AUTH ON %s: api.insecure_no_auth_on_public_bind is on; anyone who reaches the port "
+            "can use the API", host)
+        return
+    raise RuntimeError(f"api.auth_required is off and the API would listen on {host} (api.host or --host), "
+                       "which is not a loopback address: turn auth on (api.auth_required, ATELIER_API_TOKEN), "
+                       "bind 127.0.0.1, or set api.insecure_no_auth_on_public_bind if this is really meant")
 
 
 def build_app():  # noqa: ANN201 - uvicorn factory
@@ -31,6 +57,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     # a busy background thread then delays a request by up to 1 ms instead of Python's default 5 ms.
     sys.setswitchinterval(0.001)
     host, port = host or settings.api.host, port or settings.api.port
+    check_bind(settings, host)
     if settings.api.workers == 1:
         from serving.app import create_app
 

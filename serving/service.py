@@ -480,6 +480,11 @@ class PredictionService:
             self.store_breaker.failure()
             self.metrics.errors.labels("online_store_error").inc()
             return [None] * len(keys), f"online store unavailable ({type(exc).__name__})"
+        except BaseException:
+            # Cancelled (the request's backstop deadline, shutdown): the call never finished, so it counts as
+            # a failure; unreported, a half-open probe would hold the breaker open.
+            self.store_breaker.failure()
+            raise
         self.store_breaker.success()
         by_view = {view: dict(zip(requests[view], res, strict=True)) for view, res in results.items()}
         out: list[dict | None] = []
@@ -511,6 +516,9 @@ class PredictionService:
                 sv.triton_breaker.failure()
                 self.metrics.errors.labels(f"triton_{exc.kind}").inc()
                 reason, kind = str(exc), exc.kind
+            except BaseException:
+                sv.triton_breaker.failure()  # cancelled or unexpected: report it, as in lookup
+                raise
         self.metrics.fallbacks.labels(rt.name, reason.split(" (")[0][:60]).inc(matrix.shape[0])
         return sv.bundle.fallback.predict(matrix, sv.bundle.feature_names), reason, kind
 

@@ -21,7 +21,7 @@ from serving.service import PredictionService
 
 FLIGHT = {"origin": "JFK", "dest": "LAX", "carrier": "AA", "tailnum": "N335AA",
           "sched_dep_ts": "2013-12-30T22:00:00Z", "sched_arr_ts": "2013-12-31T04:00:00Z", "dep_delay": 12}
-TOKEN = "unit-test-token"
+TOKEN = "unit-test-token-0123456789abcdef"
 
 
 def _closed_port() -> int:
