@@ -4,6 +4,11 @@ Each service is described by a :class:`ServiceSpec` (command line, ports it need
 :class:`Supervisor` starts it in its own process group with its output in ``<run_dir>/<name>.log`` and its PID
 (plus the process start time, so a recycled PID is never mistaken for ours) in ``<run_dir>/<name>.pid``.
 It only ever signals processes whose PID file it wrote.
+
+Secrets reach a service through its environment, never its command line: every user sees command lines
+(``ps``), and the log header records it. A spec lists its secret values and a start whose command line
+holds one is refused. The log itself is private to its owner (0600): services print things such as
+generated credentials.
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ class ServiceSpec:
     """Returns when the service answers a real request; raises (anything) while it does not."""
     ports: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Named (host, port) pairs the service listens on; they must be free before it starts."""
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # carries secrets: never in a repr
     cwd: Path | None = None
     start_timeout_s: float = 180.0
     stop_timeout_s: float = 30.0
     describe: str = ""
     """One line for `status` and the demo summary, e.g. the UI address."""
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    """Values passed in `env` that must never appear on the command line (or in the log header)."""
 
 
 @dataclass(frozen=True)
@@ -150,9 +157,13 @@ class Supervisor:
                     f"{spec.name}: {purpose} port {host}:{port} is already in use by another process; "
                     f"stop it or choose another port (ATELIER__... override or profile)"
                 )
+        if any(secret and secret in arg for secret in spec.secrets for arg in spec.argv):
+            raise ServiceError(f"{spec.name}: a secret is on the command line; pass it in the environment")
         log = self.log_path(spec.name)
         env = {**os.environ, **spec.env}
-        with open(log, "ab") as out:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)  # a log written by an older version may be world-readable
+        with os.fdopen(fd, "ab") as out:
             out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {spec.name}: "
                       f"{' '.join(spec.argv)}\n".encode())
             out.flush()

@@ -78,7 +78,8 @@ def _ports(s: Settings) -> dict[str, int]:
         "cassandra": s.cassandra.port, "cassandra.storage": s.cassandra.storage_port,
         "cassandra.jmx": s.cassandra.jmx_port, "mlflow": s.mlflow.port, "triton.http": s.triton.http_port,
         "triton.grpc": s.triton.grpc_port, "triton.metrics": s.triton.metrics_port, "airflow": s.airflow.port,
-        "api": s.api.port,
+        "airflow.health": s.airflow.scheduler_health_check_port, "airflow.worker_logs": s.airflow.worker_log_server_port,
+        "airflow.trigger_logs": s.airflow.trigger_log_server_port, "api": s.api.port,
     }
 
 
