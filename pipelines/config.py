@@ -63,6 +63,10 @@ class CassandraSettings(_Section):
 class OnlineStoreSettings(_Section):
     backend: Literal["sqlite", "cassandra"] = "sqlite"
     sqlite_path: str | None = Field(None, description="default <home>/online/features.db")
+    max_future_event_s: float = Field(300.0, ge=0, description="how far after the writer's clock a feature "
+                                      "row's event time may be (producers' clock skew); a row further ahead is "
+                                      "refused, since its event time is its version and would win every later "
+                                      "write")
 
 
 class MlflowSettings(_Section):

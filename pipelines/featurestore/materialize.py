@@ -4,7 +4,9 @@ Incremental by data interval: only rows whose event time falls in [start, end) a
 source history their windows need) and, per entity, only the latest of them is written. Writes are versioned
 by event time in every online store, so a re-run or a retry of the same interval is harmless, and an older
 interval replayed later never overwrites newer values. A failed write fails the job: nothing is reported
-written that was not.
+written that was not. The view's schema is applied once, by the driver, before any executor writes; a row
+stamped further in the future than ``online_store.max_future_event_s`` fails the job, naming it (its event
+time would win over every later write).
 """
 
 from __future__ import annotations
@@ -64,19 +66,27 @@ def latest_per_entity(rows: DataFrame, view: FeatureView) -> DataFrame:
 def _write_partition(settings: Settings, schema: FeatureViewSchema, keys: list[str], names: list[str],
                      now: datetime | None, rows: Any) -> Any:
     """Runs on the executors: one store client per partition, batched writes, counts returned."""
-    from pipelines.stores.online import get_online_store
+    from pipelines.stores.online import OnlineStoreError, get_online_store
     from pipelines.stores.online.base import FeatureRow
 
     store = get_online_store(settings)
     written = skipped = 0
     try:
-        store.apply([schema])
+        # The driver applied the schema once (concurrent DDL from every partition would race on a cluster);
+        # a partition only checks that the stored schema is still the one this job computed.
+        stored = store.view(schema.name)
+        if stored != schema:
+            raise OnlineStoreError(f"feature view '{schema.name}' changed while it was being materialized "
+                                   f"(another job applied a different schema: {stored} instead of {schema}); re-run")
         batch: list[FeatureRow] = []
 
         def flush() -> None:
             nonlocal written, skipped
             if batch:
-                result = store.write(schema.name, batch, now=now)
+                try:
+                    result = store.write(schema.name, batch, now=now)
+                except ValueError as exc:  # a row the store refuses (e.g. stamped in the future): name it
+                    raise OnlineStoreError(f"a feature row was refused: {exc}") from None
                 written += result.written
                 skipped += result.skipped_expired
                 batch.clear()
@@ -94,16 +104,28 @@ def _write_partition(settings: Settings, schema: FeatureViewSchema, keys: list[s
     yield written, skipped
 
 
+def apply_schema(settings: Settings, schema: FeatureViewSchema) -> None:
+    """Create or upgrade the view's storage, once, from the driver, before any partition writes."""
+    from pipelines.stores.online import get_online_store
+
+    store = get_online_store(settings)
+    try:
+        store.apply([schema])
+    finally:
+        store.close()
+
+
 def materialize_view(spark: SparkSession, settings: Settings, features: FeatureSet, view: FeatureView,
                      start: datetime | None, end: datetime | None, now: datetime | None = None,
                      source: DataFrame | None = None) -> MaterializeResult:
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     schema = online_schema(features.usecase, view)
     rows = latest_per_entity(compute_view(spark, lake, view, start, end, source=source), view)
     rows = rows.select(*view.keys, EVENT_TIME, *view.feature_names)
     if settings.online_store.backend == "sqlite":
         rows = rows.coalesce(1)  # one writer: SQLite serialises writers anyway
     keys, names = list(view.keys), view.feature_names
+    apply_schema(settings, schema)
     try:
         counts = rows.rdd.mapPartitions(
             lambda part: _write_partition(settings, schema, keys, names, now, part)).collect()

@@ -328,6 +328,18 @@ def test_older_writes_never_overwrite_newer(store):
     assert result.event_time == t3
 
 
+def test_a_row_stamped_in_the_future_is_refused_whole_and_cannot_pin_the_key(store):
+    # On Cassandra a row's event time is its cell timestamp: written, a future one would win every later write.
+    view = make_view(features=[("v", "bigint")])
+    store.apply([view])
+    ahead = T0 + timedelta(days=365)
+    with pytest.raises(ValueError, match=r"1 row\(s\) have an event time more than 300 s after now"):
+        store.write(view.name, [row("u", {"v": 1}, T0), row("w", {"v": 9}, ahead)], now=T0)
+    assert not one(store, view, "u", ahead).found and not one(store, view, "w", ahead).found
+    store.write(view.name, [row("w", {"v": 2}, T0 + timedelta(hours=1))], now=T0 + timedelta(hours=1))
+    assert one(store, view, "w", ahead).values == {"v": 2}
+
+
 def test_versions_in_one_batch_and_replays_are_idempotent(store):
     view = make_view(features=[("v", "bigint")])
     store.apply([view])

@@ -55,4 +55,6 @@ def get_online_store(settings: Any, backend: str | None = None, **options: Any) 
     operation raises :class:`OnlineStoreError` instead.
     """
     cls = online_store_class(backend or settings.online_store.backend)
-    return cls.from_settings(settings, **options)  # type: ignore[attr-defined]
+    store = cls.from_settings(settings, **options)  # type: ignore[attr-defined]
+    store.max_future_s = settings.online_store.max_future_event_s
+    return store

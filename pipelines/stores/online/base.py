@@ -33,6 +33,12 @@ Errors
     backend and where it is (path, hosts); a write that raises may have stored some of its rows (Cassandra)
     or none (SQLite) and is never reported as done: retry it (a replay is harmless, see above).
 
+Future event times
+    ``write`` refuses (ValueError, nothing written) a call holding a row whose event time is more than
+    ``max_future_s`` (default 300 s of clock skew) after ``now``: an event time is a row's version, so a row
+    stamped in the future (a producer's wrong clock or time zone) would win over every correct write until
+    that time came.
+
 Views
     ``apply`` records each view's schema in the store itself (table ``feature_views``), so any process can
     read and write a view without knowing its schema in advance; a store caches schemas, ``refresh()``
@@ -80,6 +86,7 @@ BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 
 _US = 1_000_000
 _LAST = itemgetter(-1)
+DEFAULT_MAX_FUTURE_S = 300.0  # clock skew tolerated between a producer and the writer (OnlineStore.max_future_s)
 
 
 class OnlineStoreError(RuntimeError):
@@ -308,6 +315,17 @@ class ViewCodec:
         self.key_doc = "(" + ", ".join(f"{n}: {t}" for n, t in view.entity_keys) + ")"
         self._rows_fast = self._compile_rows()
 
+    def future_error(self, params: list[list], now_us: int, max_future_s: float) -> str:
+        """The message refusing rows stamped more than ``max_future_s`` after ``now_us`` (see write)."""
+        bound = now_us + round(max_future_s * 1_000_000)
+        ahead = [p for p in params if p[-1] > bound]
+        first = max(ahead, key=_LAST)
+        return (f"{self.where}: {len(ahead)} row(s) have an event time more than {max_future_s:g} s after now "
+                f"({from_micros(now_us).isoformat()}); the latest: key {tuple(first[:self.n_keys])!r:.80}, "
+                f"event_time {from_micros(first[-1]).isoformat()}. An event time is the row's version, so it "
+                "would win over every later write until then; nothing was written (fix the producer's clock or "
+                "time zone, or raise online_store.max_future_event_s)")
+
     # -- keys
 
     def key(self, key: Any, where: str = "") -> list:
@@ -485,6 +503,9 @@ class OnlineStore(abc.ABC):
     """The online feature store. Thread-safe: one instance may be shared by the threads of a process."""
 
     backend: ClassVar[str]
+    max_future_s: float = DEFAULT_MAX_FUTURE_S
+    """How far after ``now`` a written row's event time may be (clock skew between producers, seconds);
+    ``get_online_store`` sets it from ``online_store.max_future_event_s``. See "Future event times"."""
 
     def __init__(self) -> None:
         self._codecs: dict[str, ViewCodec] = {}
@@ -533,6 +554,8 @@ class OnlineStore(abc.ABC):
         if params:
             # Taken before _write, which may reuse the parameter lists (Cassandra rewrites them in place).
             newest_us = max(map(_LAST, params))
+            if newest_us > now_us + round(self.max_future_s * 1_000_000):
+                raise ValueError(codec.future_error(params, now_us, self.max_future_s))
             self._write(codec, params, now_us, newest_us)
         return WriteResult(len(params), skipped)
 
