@@ -52,7 +52,7 @@ def main() -> None:
 
     settings = load_settings()
     usecase = get_usecase("flights_eta", settings.usecases_path)
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     figures: dict[str, object] = {"load_start": load_average()}
     start, end = datetime(2013, 1, 1, tzinfo=UTC), datetime(2014, 1, 1, tzinfo=UTC)
     plan = predict.plan(settings, usecase, start, end, "benchmark-batch",

@@ -62,7 +62,7 @@ def flights_frame(settings: Any, usecase: Any, features: Any, extra: list[str], 
     from pipelines.spark import get_spark
 
     spark = get_spark(settings, "atelier-bench-calibration")
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     if any(lake.current_version(t) is None for t in usecase.tables):
         ingest.stage(spark, settings, usecase, "bench-calibration-ingest")
         ingest.validate(spark, settings, usecase, "bench-calibration-ingest")

@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.featurestore.spec import load_feature_set
 
     spec = load_monitoring_spec(usecase, load_feature_set(usecase))
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     log(f"{cpu_model()}, {os.cpu_count()} cpus, load average {figures['machine']['load_avg_start']}; Spark "
         f"{settings.spark.master}, {settings.spark.shuffle_partitions} shuffle partitions")
     log(f"lake {lake_root}: " + ", ".join(f"{t} {v}" for t, v in versions.items())

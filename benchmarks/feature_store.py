@@ -134,7 +134,7 @@ def main() -> int:
     settings = load_settings()
     usecase = get_usecase("flights_eta", settings.usecases_path)
     features = load_feature_set(usecase)
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     if lake.current_version("flights") is None:
         log("no published lake: run `atelier lake ingest` for this profile first")
         return 2

@@ -160,7 +160,7 @@ def real_flights(settings: Settings, n: int = 40) -> list[dict]:
 
     from pipelines.lake.tables import Lake
 
-    data = ds.dataset(Lake(settings.lake_root).path("flights"), format="parquet", partitioning="hive")
+    data = ds.dataset(Lake.from_settings(settings).path("flights"), format="parquet", partitioning="hive")
     frame = data.to_table(columns=["origin", "dest", "carrier", "tailnum", "sched_dep_ts", "sched_arr_ts",
                                    "dep_delay", "flight_id"], filter=pc.field("sched_dep_date") == "2013-12-30"
                           ).to_pandas()

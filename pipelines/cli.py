@@ -207,7 +207,7 @@ def _recent_keys(settings: Settings, view, now, limit: int = 5) -> list[tuple]:
 
     from pipelines.lake.tables import Lake
 
-    frame = pd.read_parquet(Lake(settings.lake_root).path(view.source), columns=[*view.keys, view.event_time])
+    frame = pd.read_parquet(Lake.from_settings(settings).path(view.source), columns=[*view.keys, view.event_time])
     times = pd.to_datetime(frame[view.event_time], utc=True)
     recent = frame[(times <= now) & (times > now - timedelta(days=1))].dropna()
     return [tuple(k) for k in recent[list(view.keys)].drop_duplicates().head(limit).itertuples(index=False)]
@@ -537,7 +537,7 @@ def _print_training(settings: Settings, usecase) -> None:
 def _print_batch(settings: Settings, usecase) -> None:
     from pipelines.lake.tables import Lake
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     name = f"predictions__{usecase.name}"
     info = lake.info(name)
     days = lake.partitions(name, info.partition_by[0]) if info.partition_by else {}

@@ -42,6 +42,8 @@ class SparkSettings(_Section):
 
 class LakeSettings(_Section):
     root: str | None = Field(None, description="Lake root (local path or URI); default <home>/lake")
+    retention_hours: float = Field(24.0, gt=0, description="how long a superseded table version outlives its "
+                                   "supersession (longer than the longest job that reads the lake)")
 
 
 class CassandraSettings(_Section):

@@ -52,7 +52,7 @@ def _flights(settings: Settings, limit: int) -> list[dict[str, Any]]:
     as_of = settings.api.as_of
     assert as_of is not None
     day = (as_of - timedelta(days=1)).strftime("%Y-%m-%d")
-    data = ds.dataset(Lake(settings.lake_root).path("flights"), format="parquet", partitioning="hive")
+    data = ds.dataset(Lake.from_settings(settings).path("flights"), format="parquet", partitioning="hive")
     frame = data.to_table(columns=["origin", "dest", "carrier", "flight", "tailnum", "sched_dep_ts", "sched_arr_ts",
                                    "dep_delay", "arr_delay"], filter=pc.field("sched_dep_date") == day).to_pandas()
     frame = frame[frame.tailnum.notna() & frame.dep_delay.notna() & frame.arr_delay.notna()

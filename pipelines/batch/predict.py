@@ -123,7 +123,7 @@ def plan(settings: Settings, usecase: UseCase, start: datetime, end: datetime, r
         raise BatchPredictError(f"use case '{usecase.name}' declares no label (features.yaml): "
                                 "batch prediction scores the label's entities")
     days = interval_days(start, end)
-    lake = lake or Lake(settings.lake_root)
+    lake = lake or Lake.from_settings(settings)
     spec = features.label
     entity_table = usecase.tables[spec.source]
     if len(entity_table.partition_by) != 1:
@@ -381,7 +381,7 @@ def run(spark: SparkSession, settings: Settings, usecase: UseCase, p: Plan, load
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     features = load_feature_set(usecase)
     bundle = bundle or load_bundle(settings, p.model.name, version=p.model.version)
     if bundle.feature_spec_hash and usecase.path.joinpath("features.yaml").exists():

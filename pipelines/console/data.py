@@ -216,7 +216,7 @@ def indicator_series(settings: Settings, name: str, column: str, statistic: str 
     from pipelines.monitoring.drift import indicators_table
 
     uc = usecase(settings, name)
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     table = indicators_table(uc.name)
     if lake.current_version(table) is None:
         raise Unavailable(f"lake table '{table}' is not published yet: run the monitoring_drift DAG first")

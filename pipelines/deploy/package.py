@@ -83,7 +83,7 @@ def golden_inputs(settings: Settings, bundle: ModelBundle, rows: int) -> np.ndar
     features = load_feature_set(get_usecase(bundle.usecase, settings.usecases_path))
     label = features.label
     table = training_set_name(bundle.usecase)
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     folder = Path(settings.lake_root) / table / "versions" / str(bundle.lineage.get("training_set_version", ""))
     if not bundle.lineage.get("training_set_version") or not folder.is_dir():
         folder = Path(lake.path(table))

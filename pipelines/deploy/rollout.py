@@ -588,7 +588,7 @@ def _publish_ledger(settings: Settings, r: RolloutResult) -> str:
 
     from pipelines.lake.tables import Lake, write_partition_manifest
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     name = ledger_table(r.usecase)
     part = safe_name(r.rollout_id)
     run_id = f"ledger-{part}"

@@ -103,7 +103,7 @@ def check_view(spark: SparkSession, settings: Settings, features: FeatureSet, vi
 
     from pipelines.stores.online import get_online_store
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     keys = _sample_keys(spark, lake, view, size, as_of)
     with get_online_store(settings) as store:
         online = [r for r in store.read(online_view_name(features.usecase, view.name), keys, now=as_of) if r.found]

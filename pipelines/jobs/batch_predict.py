@@ -53,7 +53,7 @@ def nothing_to_do(argv: list[str]) -> str | None:
     if label is None or len(usecase.tables[label.source].partition_by) != 1:
         return None
     column = usecase.tables[label.source].partition_by[0]
-    days = published_days(Lake(settings.lake_root), label.source, column, interval_days(start, end))
+    days = published_days(Lake.from_settings(settings), label.source, column, interval_days(start, end))
     if days is None:
         return f"nothing to score: lake table '{label.source}' is not published yet (run lake_ingest)"
     if not days:

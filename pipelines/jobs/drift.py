@@ -44,7 +44,7 @@ def nothing_to_do(argv: list[str]) -> str | None:
         spec = load_monitoring_spec(usecase, load_feature_set(usecase))
     except (SystemExit, Exception):  # noqa: BLE001 - the job itself reports bad arguments or a bad spec
         return None
-    lake, days = Lake(settings.lake_root), days_of(start, end)
+    lake, days = Lake.from_settings(settings), days_of(start, end)
     inputs = {fb.served_table(usecase.name): fb.SERVED_DATE, fb.feedback_table(usecase.name): fb.PREDICTION_DAY,
               **{name: source.day for name, source in spec.sources.items()}}
     if any(published_days(lake, table, column, days) for table, column in inputs.items()):

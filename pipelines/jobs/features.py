@@ -48,7 +48,7 @@ def nothing_to_do(argv: list[str]) -> str | None:
         views = [v for v in load_feature_set(usecase).batch_views if not args.view or v.name in args.view]
     except Exception:  # noqa: BLE001 - the job itself reports a bad spec or setting, with its message
         return None
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     seen = []
     for view in views:
         if lake.current_version(view.source) is None:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"unknown feature view(s) {sorted(unknown)}; batch views: "
                          f"{[v.name for v in features.batch_views]}")
     views = [v for v in features.batch_views if not args.view or v.name in args.view]
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     spark = get_spark(settings, f"atelier-features-{args.step}-{usecase.name}")
     try:
         if args.step == "offline":

@@ -47,7 +47,7 @@ def nothing_to_do(argv: list[str]) -> str | None:
     logs = [settings.prediction_log_path / usecase.name, settings.outcome_log_path / usecase.name]
     if any(any((folder / f"date={d.isoformat()}").glob("*.jsonl")) for folder in logs for d in days):
         return None
-    lake, table = Lake(settings.lake_root), predictions_table(usecase.name)
+    lake, table = Lake.from_settings(settings), predictions_table(usecase.name)
     try:
         partition = lake.info(table).partition_by[:1]
     except TableNotFound:

@@ -53,7 +53,7 @@ def stage(spark: SparkSession, settings: Settings, usecase: UseCase, run_id: str
     unknown = set(overrides) - set(usecase.tables)
     if unknown:
         raise ValueError(f"source override for unknown table(s) {sorted(unknown)}; tables: {list(usecase.tables)}")
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     staged: list[StagedTable] = []
     built: dict[str, DataFrame] = {}
     for name, spec in usecase.tables.items():
@@ -76,7 +76,7 @@ def validate(spark: SparkSession, settings: Settings, usecase: UseCase, run_id: 
     """Run the suites on the staged tables. Returns the report; raises ValidationFailed on a violation."""
     from pipelines.quality.expectations import ValidationFailed, validate_frames
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     frames = {}
     for name, spec in usecase.tables.items():
         path = lake.staging_path(name, run_id)
@@ -99,7 +99,7 @@ def validate(spark: SparkSession, settings: Settings, usecase: UseCase, run_id: 
 def publish(settings: Settings, usecase: UseCase, run_id: str) -> dict[str, str]:
     """Publish every validated staged table of `run_id`. Checks all before publishing any; tables this run
     already published (a retry) are returned as they are (:class:`Superseded` if a later run replaced one)."""
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     done = {name: v for name in usecase.tables if (v := lake.published_version(name, run_id)) is not None}
     for name in usecase.tables:
         if name not in done and not (lake.staging_path(name, run_id) / VALIDATED).exists():
@@ -108,5 +108,5 @@ def publish(settings: Settings, usecase: UseCase, run_id: str) -> dict[str, str]
 
 
 def summary(settings: Settings, usecase: UseCase) -> list[TableInfo]:
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     return [lake.info(name) for name in usecase.tables if lake.current_version(name)]

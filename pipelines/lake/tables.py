@@ -47,6 +47,8 @@ from filelock import FileLock
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from pipelines.config import Settings
+
 CURRENT = "_CURRENT"
 PREVIOUS = "_PREVIOUS"
 PUBLISHED = "_published"  # <version>.json: when it was published, which version it superseded
@@ -120,6 +122,11 @@ class Lake:
         self.root = Path(root)
         self.retention = retention
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Lake:
+        """The profile's lake: ``lake.root`` with ``lake.retention_hours``."""
+        return cls(settings.lake_root, retention=timedelta(hours=settings.lake.retention_hours))
+
     def _table(self, name: str) -> Path:
         return self.root / check_name(name, "table name")
 
@@ -152,7 +159,7 @@ class Lake:
         Raises :class:`Superseded` when the run's newest version was published and then replaced by a later one.
         """
         current = self.current_version(name)
-        mine = self._versions_of(name, run_id)
+        mine = self.versions_of(name, run_id)
         if not mine:
             return None
         if mine[-1] == current:
@@ -162,7 +169,9 @@ class Lake:
                              f"superseded by {current}; not republishing an older run over a newer one")
         return None  # renamed in by a publisher that died before the pointer swap: never published
 
-    def _versions_of(self, name: str, run_id: str) -> list[str]:
+    def versions_of(self, name: str, run_id: str) -> list[str]:
+        """The versions of ``name`` that ``run_id`` (exactly that run, never one whose id ends like it) staged
+        in, oldest first, whether or not they are current."""
         folder = self._table(name) / "versions"
         if not folder.is_dir():
             return []

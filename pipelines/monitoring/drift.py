@@ -844,7 +844,7 @@ def run_drift(spark: SparkSession, settings: Settings, usecase: UseCase, start: 
     seconds: dict[str, float] = {}
     features = load_feature_set(usecase)
     spec = load_monitoring_spec(usecase, features)
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     days = _days(start, end)
     lookback = lookback_days(spec, days[0])
     stored, stored_days = _stored_profiles(spark, lake, usecase.name, lookback)

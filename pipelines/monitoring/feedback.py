@@ -249,7 +249,7 @@ def ingest_served(spark: SparkSession, settings: Settings, usecase: UseCase, fea
     from pyspark.sql import Window
     from pyspark.sql import functions as F  # noqa: N812
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     name = served_table(usecase.name)
     folder = settings.prediction_log_path / usecase.name
     files = [f for d in days for f in _day_files(folder, d)]
@@ -314,7 +314,7 @@ def ingest_outcomes(spark: SparkSession, settings: Settings, usecase: UseCase, s
     from pyspark.sql import Window
     from pyspark.sql import functions as F  # noqa: N812
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     name = outcomes_table(usecase.name)
     label = spec.label
     files = [f for d in days for f in _day_files(settings.outcome_log_path / usecase.name, d)]
@@ -370,7 +370,7 @@ def build_feedback(spark: SparkSession, settings: Settings, usecase: UseCase, fe
     from pyspark.sql import Window
     from pyspark.sql import functions as F  # noqa: N812
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     label = spec.label
     intervals = [f"{side}_{level_suffix(lv)}" for lv in levels for side in ("lower", "upper")]
     parts = []
@@ -513,7 +513,7 @@ def run_feedback(spark: SparkSession, settings: Settings, usecase: UseCase, star
     model = load_model_spec(usecase)
     levels = [f"{lv:g}" for lv in model.calibration.levels]
     output = OutputSpec.load(usecase, spec.label.column).name
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     interval = days_between(start, end)
     served = ingest_served(spark, settings, usecase, features, levels, output, interval, run_id)
     outcomes = ingest_outcomes(spark, settings, usecase, spec, interval, run_id)
@@ -613,7 +613,7 @@ def check_served_skew(spark: SparkSession, settings: Settings, usecase: UseCase,
     from pipelines.monitoring.served_skew import served_skew
 
     features = load_feature_set(usecase)
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     served = lake.read_partitions(spark, served_table(usecase.name), SERVED_DATE,
                         [d.isoformat() for d in days_between(start, end)])
     if served is None:

@@ -18,7 +18,7 @@ def _read(settings: Settings, name: str, start: str | None, end: str | None) -> 
     import pandas as pd
     import pyarrow.dataset as ds
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     if lake.current_version(name) is None:
         raise TableNotFound(f"lake table '{name}' is not published yet: run the monitoring_drift DAG first")
     data = ds.dataset(lake.path(name), format="parquet", partitioning=ds.partitioning(flavor="hive"))

@@ -75,7 +75,7 @@ def recalibrate_days(spark: SparkSession, settings: Settings, usecase: UseCase, 
     from pipelines.monitoring.calibration import calibration_record, recalibrate
     from pipelines.monitoring.feedback import feedback_table
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     if not days or lake.current_version(feedback_table(usecase.name)) is None:
         return []
     last = datetime(days[-1].year, days[-1].month, days[-1].day, tzinfo=UTC) + timedelta(days=1)

@@ -278,7 +278,7 @@ def replay(settings: Settings, spark: SparkSession, usecase: str | UseCase, star
     types = {c: t for c, (t, _) in {**request_columns(uc, features), **outcome_key_columns(uc, features)}.items()}
     required = required_request_columns(uc, features)
     label = spec.label
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     outcome_dir = settings.outcome_log_path / uc.name
     started = time.monotonic()
     t_start = datetime(start.year, start.month, start.day, tzinfo=UTC)

@@ -21,7 +21,7 @@ def metrics_frame(settings: Settings, usecase: str, *, start: str | None = None,
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     try:
         path = lake.path(metrics_table(usecase))
     except TableNotFound:

@@ -67,7 +67,7 @@ def build_training_set(spark: SparkSession, settings: Settings, features: Featur
     from pipelines.featurestore import offline
     from pipelines.quality.expectations import ValidationFailed, validate_with_suites
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     name = training_set_name(features.usecase)
     path = lake.staging_path(name, run_id)
     labels, feedback = None, None
@@ -105,13 +105,13 @@ def read_training_set(settings: Settings, usecase: str, run_id: str) -> tuple[pd
     """The training set published by ``run_id`` (not merely the latest one) as pandas, and its version."""
     import pandas as pd
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     versions = Path(settings.lake_root) / training_set_name(usecase) / "versions"
-    mine = sorted(p for p in versions.glob(f"v*-{safe_name(run_id)}") if p.is_dir()) if versions.is_dir() else []
+    mine = lake.versions_of(training_set_name(usecase), run_id)
     if not mine:
         raise TableNotFound(f"run '{run_id}' published no training set for '{usecase}' in {lake.root} "
                             "(the training_set task must run first)")
-    return pd.read_parquet(mine[-1]), mine[-1].name
+    return pd.read_parquet(versions / mine[-1]), mine[-1]
 
 
 def split_by_time(frame: pd.DataFrame, time_column: str, window: TrainingWindow

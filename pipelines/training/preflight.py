@@ -73,7 +73,7 @@ def check_training_config(settings: Settings, usecase: UseCase, overrides: dict[
         raise SpecError(f"{usecase.path / 'features.yaml'}: no label declared; nothing to train on")
     spec = load_model_spec(usecase, overrides, features.feature_names, features.key_columns)
     promotion_rules(usecase, spec)
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     info = lake.info(features.label.source)
     window = spec.window
     if info.partition_by:

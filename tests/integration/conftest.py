@@ -88,7 +88,7 @@ def published_lake(spark, settings, usecase):
     from pipelines.lake import ingest
     from pipelines.lake.tables import Lake
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     if any(lake.current_version(t) is None for t in usecase.tables):
         ingest.stage(spark, settings, usecase, "fixture-ingest")
         ingest.validate(spark, settings, usecase, "fixture-ingest")

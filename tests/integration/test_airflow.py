@@ -40,7 +40,7 @@ def test_lake_ingest_through_airflow(client, settings, usecase):
     run_id = client.trigger("lake_ingest", {"usecase": usecase.name})
     result = client.wait_for_run("lake_ingest", run_id, timeout_s=900)
     assert result.state == "success", result.failed_tasks
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     for table in usecase.tables:
         assert lake.info(table).run_id == run_id
     assert lake.info("flights").rows == 336776

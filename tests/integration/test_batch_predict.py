@@ -55,7 +55,7 @@ def model(registered_model):
 
 @pytest.fixture(scope="module")
 def lake(published_lake, settings):
-    return Lake(settings.lake_root)
+    return Lake.from_settings(settings)
 
 
 @pytest.fixture(scope="module")

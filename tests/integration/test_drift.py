@@ -202,7 +202,7 @@ def test_the_retrained_model_beats_the_old_one_on_the_drifted_period(summer, set
     # The drifted period after the retraining window: both models on the same point-in-time rows.
     features = load_feature_set(usecase)
     start = datetime.fromisoformat(params["end"] + "T00:00:00+00:00")
-    rows = offline.training_set(spark, Lake(settings.lake_root), features, start,
+    rows = offline.training_set(spark, Lake.from_settings(settings), features, start,
                                 datetime.fromisoformat("2013-08-01T00:00:00+00:00")).toPandas()
     rows = rows[rows["arr_delay"].notna()]
     old, new_bundle = (load_bundle(settings, "flights_eta", version=v) for v in (winter_model.version, mv.version))

@@ -42,7 +42,7 @@ def _indicator_rows(settings):
 
     from pipelines.lake.tables import Lake
 
-    frame = ds.dataset(Lake(settings.lake_root).path("indicators__flights_eta"), format="parquet",
+    frame = ds.dataset(Lake.from_settings(settings).path("indicators__flights_eta"), format="parquet",
                        partitioning="hive").to_table().to_pandas()
     frame["day"] = frame["day"].astype(str)
     return frame.sort_values(["day", "source", "segment", "segment_value", "column", "statistic"]).reset_index(

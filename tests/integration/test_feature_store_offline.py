@@ -104,7 +104,7 @@ def test_training_set_features_equal_a_direct_recomputation(full_training_set, s
     import pandas as pd
     from pyspark.sql import functions as F  # noqa: N812
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     sample = full_training_set.where(F.col("tailnum").isin("N14228", "N24211", "N725MQ")).select(
         "flight_id", "tailnum", "sched_dep_ts", "tail_arr_delay_mean_7d", "tail_flights_7d").toPandas()
     history = spark.read.parquet(lake.path("flights")).where(

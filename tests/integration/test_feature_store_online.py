@@ -87,7 +87,7 @@ def test_rerun_is_idempotent_and_old_intervals_never_overwrite(materialized, spa
 def _lake(settings):
     from pipelines.lake.tables import Lake
 
-    return Lake(settings.lake_root)
+    return Lake.from_settings(settings)
 
 
 def test_skew_check_passes(materialized, spark, store_settings, features):

@@ -206,7 +206,7 @@ def test_late_labels_update_earlier_days_and_reruns_are_identical(replayed, sett
     from pipelines.lake.tables import Lake
     from pipelines.monitoring.feedback import feedback_table, run_feedback
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
 
     def day_status(day: str) -> dict[str, int]:
         frame = spark.read.parquet(lake.path(feedback_table("flights_eta"))).where(
@@ -326,7 +326,7 @@ def test_model_train_can_learn_from_the_labelled_served_rows(replayed, settings,
 def published_lake_path(settings, table: str) -> str:
     from pipelines.lake.tables import Lake
 
-    return Lake(settings.lake_root).path(table)
+    return Lake.from_settings(settings).path(table)
 
 
 def test_a_replay_run_twice_gives_the_same_predictions(replayed, settings, spark):

@@ -21,7 +21,7 @@ EXPECTED_ROWS = {"airlines": 16, "airports": 1458, "planes": 3322, "weather": 26
 
 @pytest.fixture(scope="module")
 def lake(settings):
-    return Lake(settings.lake_root)
+    return Lake.from_settings(settings)
 
 
 @pytest.fixture(scope="module")

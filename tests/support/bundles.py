@@ -118,7 +118,7 @@ def train_bundle(spark: SparkSession, settings: Settings, usecase: UseCase, star
     features = load_feature_set(usecase)
     assert features.label is not None
     names = features.feature_names
-    frame = training_set(spark, Lake(settings.lake_root), features, start, end).toPandas()
+    frame = training_set(spark, Lake.from_settings(settings), features, start, end).toPandas()
     frame = frame.sort_values(features.label.keys[0]).reset_index(drop=True)
     x = np.column_stack([np.asarray(frame[f], dtype=np.float32) for f in names])
     y = np.asarray(frame[features.label.column], dtype=np.float64)

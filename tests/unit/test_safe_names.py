@@ -138,9 +138,9 @@ def test_a_superseded_run_is_not_republished(lake):
 
 
 def test_ingest_publish_retried_after_it_published_succeeds(tmp_path):
-    settings = SimpleNamespace(lake_root=str(tmp_path / "lake"))
+    settings = SimpleNamespace(lake_root=str(tmp_path / "lake"), lake=SimpleNamespace(retention_hours=24.0))
     usecase = SimpleNamespace(tables={"airlines": None, "flights": None})
-    lake = Lake(settings.lake_root)
+    lake = Lake.from_settings(settings)
     run_id = "manual__2026-12-03T06:35:45.277063+00:00"
     for name in usecase.tables:
         (stage(lake, name, run_id) / ingest.VALIDATED).write_text("{}")
@@ -196,3 +196,30 @@ def test_a_pinned_version_survives_two_publishes_until_the_retention_has_passed(
     kept = sorted(p.name for p in (lake.root / "t" / "versions").iterdir())
     assert [v.split("-", 1)[1] for v in kept] == ["run-3", "run-4"]  # the previous one is always kept
     assert sorted(p.name for p in (lake.root / "t" / "_published").iterdir()) == [f"{v}.json" for v in kept]
+
+
+def test_a_run_finds_its_own_versions_never_those_of_a_run_whose_id_ends_like_it(tmp_path):
+    import pandas as pd
+
+    from pipelines.training.dataset import read_training_set, training_set_name
+
+    lake = Lake(tmp_path)
+    name = training_set_name("uc")
+    for run_id, rows in (("abc", 1), ("xyz-abc", 2)):  # published later, its folder also ends in "-abc"
+        staged = lake.staging_path(name, run_id)
+        staged.mkdir(parents=True)
+        pd.DataFrame({"run": [run_id] * rows}).to_parquet(staged / "part-00000.parquet")
+        lake.write_manifest(staged, rows=rows, columns=["run"], partition_by=[], run_id=run_id)
+        lake.publish(name, run_id)
+    [mine] = lake.versions_of(name, "abc")
+    assert mine.endswith("-abc") and lake.versions_of(name, "xyz-abc") != [mine]
+    frame, version = read_training_set(SimpleNamespace(lake_root=str(tmp_path), lake=SimpleNamespace(retention_hours=24.0)), "uc", "abc")
+    assert version == mine and frame["run"].tolist() == ["abc"]
+
+
+def test_the_retention_comes_from_the_profile(tmp_path):
+    from pipelines.config import load_settings
+
+    environ = {**os.environ, "ATELIER__HOME": str(tmp_path), "ATELIER__LAKE__RETENTION_HOURS": "2.5"}
+    assert Lake.from_settings(load_settings("test", environ=environ)).retention == timedelta(hours=2.5)
+    assert Lake.from_settings(load_settings("test", environ={})).retention == tables_module.RETENTION
