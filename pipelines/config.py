@@ -121,12 +121,19 @@ class ApiSettings(_Section):
     triton_timeout_ms: int = Field(25, ge=1, le=60_000, description="Triton inference budget")
     max_batch: int = Field(256, ge=1, le=10_000, description="rows per /v1/predict/batch request")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
+    body_timeout_ms: int = Field(2_000, ge=10, description="a request body not received whole within this gets "
+                                 "408 (+ Retry-After, connection closed): slow clients cannot hold slots")
     max_in_flight: int = Field(256, ge=1, description="requests in progress beyond this are shed (429)")
     as_of: AwareDatetime | None = Field(None, description="simulated clock for feature ages (historical data); "
                                    "None = wall clock")
     allow_as_of_header: bool = Field(False, description="accept X-Atelier-As-Of (simulated clock per request)")
     prediction_log_dir: str | None = Field(None, description="default <home>/predictions")
     prediction_log_queue: int = Field(100_000, ge=1, description="answers buffered for the log writer")
+    prediction_log_max_bytes: int = Field(20 * 2**30, ge=2**20, description="the prediction log's size cap "
+                                          "(all use cases); beyond it the least recently written files are "
+                                          "deleted, counted and logged")
+    prediction_log_retention_days: float = Field(30.0, gt=0, description="prediction log files last written "
+                                                 "longer ago than this are deleted (by file time)")
     shadow_queue: int = Field(1_000, ge=1, description="requests waiting to be scored by a shadow version; "
                               "beyond it copies are dropped (counted), never the answers")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")

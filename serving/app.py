@@ -9,8 +9,8 @@ Routes
     ``GET /metrics``            Prometheus
     ``GET /openapi.json``, ``/docs``
 
-Status codes: 200 (a prediction, possibly ``degraded``), 401 (missing/wrong bearer token), 404/405, 413 (body
-too large), 422 (invalid request, field by field; or a ``reject``-policy feature is stale), 429 (more than
+Status codes: 200 (a prediction, possibly ``degraded``), 401 (missing/wrong bearer token), 404/405, 408 (the
+body did not arrive within ``body_timeout_ms``: ``Retry-After``, connection closed), 413 (body too large), 422 (invalid request, field by field; or a ``reject``-policy feature is stale), 429 (more than
 ``max_in_flight`` requests in progress: shed, ``Retry-After``), 503 (no model loaded, or the deadline passed
 before anything could be answered: ``Retry-After``). Dependency failures (online store, Triton) never give
 5xx: they give defaults or the fallback predictor, flagged.
@@ -148,11 +148,17 @@ def create_app(settings: Settings, service: PredictionService | None = None, tok
         if length is not None and (not length.isdigit() or int(length) > api.max_body_bytes):
             raise ApiError(413, "body_too_large", f"the body exceeds {api.max_body_bytes} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > api.max_body_bytes:
-                raise ApiError(413, "body_too_large", f"the body exceeds {api.max_body_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(api.body_timeout_ms / 1000):  # uvicorn has no body-read deadline
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > api.max_body_bytes:
+                        raise ApiError(413, "body_too_large", f"the body exceeds {api.max_body_bytes} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            metrics.errors.labels("body_timeout").inc()
+            raise ApiError(408, "body_timeout", f"the request body did not arrive within {api.body_timeout_ms} ms",
+                           retry_after=1, headers={"Connection": "close"}) from None
         return b"".join(chunks)
 
     def request_id_of(request: Request) -> str:
@@ -237,6 +243,7 @@ def create_app(settings: Settings, service: PredictionService | None = None, tok
 
     responses: dict[int | str, dict[str, Any]] = {
         401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
+        408: {"model": ErrorResponse, "description": "the body did not arrive in time: retry after Retry-After seconds"},
         413: {"model": ErrorResponse, "description": "body too large"},
         422: {"model": ErrorResponse, "description": "invalid request (field-level messages) or a stale feature "
                                                      "whose policy is reject"},

@@ -33,6 +33,12 @@ class ApiMetrics:
                                    registry=r)
         self.log_dropped = Counter("atelier_prediction_log_dropped_total",
                                    "Records refused because the log queue was full", registry=r)
+        self.log_failed = Counter("atelier_prediction_log_failed_total",
+                                  "Records lost because writing them failed (disk full, I/O error)", registry=r)
+        self.log_evicted = Counter("atelier_prediction_log_evicted_bytes_total",
+                                   "Bytes of prediction log files deleted by a cap", ["reason"], registry=r)
+        self.log_ok = Gauge("atelier_prediction_log_ok", "1 while the prediction log's last write succeeded",
+                            registry=r)
         self.routed = Counter("atelier_api_routed_total", "Predictions (rows) by the version and role that answered",
                               ["usecase", "version", "role"], registry=r)
         self.shadow = Counter("atelier_api_shadow_total", "Shadow copies by outcome (scored, dropped: queue full, "

@@ -183,6 +183,19 @@ def _plus_minutes(epoch_s: float, minutes: float) -> str | None:
         return None
 
 
+def public_load_error(exc: BaseException) -> str:
+    """What ``/readyz`` (unauthenticated) says of a failed model load: the registry's own "not found" message
+    (it names the model and its aliases, which a caller of this API may know), otherwise only the kind of
+    failure; the exception's text (URIs, paths, library internals) goes to the API's log only."""
+    from pipelines.models.registry import ModelNotFound, RegistryUnavailable
+
+    if isinstance(exc, ModelNotFound):
+        return str(exc).splitlines()[0][:300]
+    if isinstance(exc, RegistryUnavailable):
+        return "the model registry is unreachable or failing (details in the API log)"
+    return f"the model bundle could not be loaded ({type(exc).__name__}; details in the API log)"
+
+
 class PredictionService:
     def __init__(self, settings: Settings, *, store: Any = None, bundles: dict[str, ModelBundle] | None = None,
                  metrics: ApiMetrics | None = None) -> None:
@@ -198,7 +211,11 @@ class PredictionService:
         self.store_ready = False
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="online-store")
         self.log = PredictionLog(settings.prediction_log_path, max_queue=self.api.prediction_log_queue,
-                                 on_written=self.metrics.log_written.inc)
+                                 max_bytes=self.api.prediction_log_max_bytes,
+                                 retention_s=self.api.prediction_log_retention_days * 86_400,
+                                 on_written=self.metrics.log_written.inc, on_failed=self.metrics.log_failed.inc,
+                                 on_evicted=lambda reason, size: self.metrics.log_evicted.labels(reason).inc(size))
+        self.metrics.log_ok.set_function(lambda: float(self.log.error is None))
         self.routing = RoutingStore(settings.routing_path)
         self._maintenance: asyncio.Task | None = None
         self._router: asyncio.Task | None = None
@@ -276,8 +293,8 @@ class PredictionService:
             rt.attach(bundle)
             log.info("use case %s: model %s version %s loaded", rt.name, rt.model_name, bundle.version)
         except Exception as exc:  # noqa: BLE001 - ModelNotFound, RegistryUnavailable, bad bundle: retried later
-            rt.bundle_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-            log.warning("use case %s: no model (%s)", rt.name, rt.bundle_error)
+            rt.bundle_error = public_load_error(exc)
+            log.warning("use case %s: no model (%s: %s)", rt.name, type(exc).__name__, exc)
 
     async def _served_version(self, rt: UseCaseRuntime, version: str) -> ServedVersion:
         sv = rt.versions.get(version)
@@ -412,7 +429,9 @@ class PredictionService:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         details: dict[str, Any] = {"online_store": {"backend": self.settings.online_store.backend,
-                                                    "usable": self.store_ready}}
+                                                    "usable": self.store_ready},
+                                   # Shown, not gating: answers still flow while the log cannot be written.
+                                   "prediction_log": self.log.status()}
         ok = self.store_ready
         for rt in self.runtimes.values():
             primary = rt.primary

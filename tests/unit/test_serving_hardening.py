@@ -1,5 +1,5 @@
-"""Issue 14's holes in the prediction API closed so far, each with a test: weak or placeholder tokens, and auth
-off on a public bind (the lost half-open probe: test_serving_resilience.py)."""
+"""Issue 14's holes in the prediction API closed so far, each with a test: weak or placeholder tokens, auth
+off on a public bind, internal error text in /readyz (the lost half-open probe: test_serving_resilience.py)."""
 
 from __future__ import annotations
 
@@ -91,3 +91,78 @@ def test_profiles_keep_starting():
     for profile in ("local", "cluster", "test"):
         s = load_settings(profile, environ={})
         check_bind(s, s.api.host)
+
+
+def test_readyz_names_a_missing_model_but_never_shows_internal_error_text(settings, monkeypatch, caplog):
+    import asyncio
+
+    import pipelines.models.registry as registry
+    from serving.service import public_load_error
+
+    svc = PredictionService(settings)
+    rt = svc.runtime(None)
+    leaks = {
+        RuntimeError("open /srv/atelier/secrets/bundle.pkl: permission denied (pid 4242)"):
+            "the model bundle could not be loaded (RuntimeError; details in the API log)",
+        registry.RegistryUnavailable("MLflow at http://10.0.0.7:5000 is unreachable: ConnectError"):
+            "the model registry is unreachable or failing (details in the API log)",
+    }
+    for exc, shown in leaks.items():
+        def fail(*args, exc=exc, **kwargs):
+            raise exc
+
+        monkeypatch.setattr(registry, "load_bundle", fail)
+        with caplog.at_level("WARNING", logger="atelier.serving"):
+            asyncio.run(svc._load_bundle(rt))
+        _, details = svc.readiness()
+        assert details[rt.name]["bundle_error"] == shown
+        assert str(exc) in caplog.text  # the operator still gets the whole text, in the API's log
+    missing = registry.ModelNotFound("registered model 'atelier_x' has no alias 'champion'; aliases: none")
+    assert public_load_error(missing) == str(missing)  # the registry's own words: what to train or promote
+
+
+def test_a_body_that_stalls_gets_408_in_time_while_other_clients_are_answered(settings):
+    """A real uvicorn on a loopback port, at the default api.body_timeout_ms: a client that sends its headers
+    and part of its body, then stalls, gets 408 with Retry-After and a closed connection; a client that
+    sends its request meanwhile is answered."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    timeout_s = settings.api.body_timeout_ms / 1000
+    svc = PredictionService(settings)
+    app = create_app(settings, svc, token=GOOD_TOKEN)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started
+        slow = socket.create_connection(("127.0.0.1", port), timeout=timeout_s + 10)
+        started = time.monotonic()
+        slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + GOOD_TOKEN.encode() + b"\r\nContent-Length: 400\r\n\r\n"
+                     b'{"origin": "JFK", ')
+        other = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)  # the stalled body holds nobody up
+        assert other.status_code == 200
+        reply = b""
+        while chunk := slow.recv(65536):  # until the server closes the connection
+            reply += chunk
+        waited = time.monotonic() - started
+        slow.close()
+        head, _, payload = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), reply[:200]
+        assert b"retry-after: 1" in head.lower() and b"connection: close" in head.lower()
+        assert b'"error":"body_timeout"' in payload
+        assert timeout_s <= waited < timeout_s + 5  # it waited for the deadline, and not much beyond it
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -1,5 +1,5 @@
-"""A half-open probe that never reports cannot wedge the circuit breaker; the prediction log never holds a
-partial line, surfaces its write errors (metrics, ``/readyz``) and keeps to its size and retention caps."""
+"""A half-open probe that never reports (it expired, or its call was cancelled) cannot wedge the circuit
+breaker. The prediction log's own faults are in ``test_prediction_log.py``."""
 
 from __future__ import annotations
 
