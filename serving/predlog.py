@@ -18,9 +18,9 @@ killed in the middle of a write may still leave one partial line at a file's tai
 malformed (the feedback job counts it), it is never read as a record.
 
 Caps: every ``cap_check_s`` the writer deletes files last modified more than ``retention_s`` ago, then, while
-the log holds more than ``max_bytes``, the least recently modified files (never one still open for writing);
-each deletion is counted (``evicted``) and logged. Retention goes by file time, not by the ``date=`` folder,
-because a replay writes simulated dates.
+the log holds more than ``max_bytes``, the least recently modified files (never one open for writing, nor one
+written in the last minute, which another API process may hold open); each deletion is counted (``evicted``)
+and logged. Retention goes by file time, not by the ``date=`` folder, because a replay writes simulated dates.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ __all__ = ["PredictionLog"]
 _STOP = object()
 ROTATE_BYTES = 64 * 1024 * 1024
 MAX_OPEN_FILES = 8
+RECENT_S = 60.0  # files written more recently than this are never evicted for size (another process's)
 
 
 log = logging.getLogger("atelier.serving.predlog")
@@ -181,10 +182,16 @@ class PredictionLog:
         if len(self._files) >= MAX_OPEN_FILES:  # a replay moves from day to day: close the oldest
             self._close_file(next(iter(self._files)))
         folder = self.folder / usecase / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         path = folder / f"part-{time.strftime('%H%M%S', time.gmtime())}-{os.getpid()}-{self._seq}.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        for attempt in (1, 2):  # another process's cap check may remove the empty folder in between
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         self._files[(usecase, day)] = (fd, 0, path)
         return fd, 0, path
 
@@ -199,7 +206,10 @@ class PredictionLog:
         """Delete what is past retention, then the oldest files while over ``max_bytes`` (open ones kept)."""
         if not self.folder.is_dir():
             return
-        open_paths = {path for _, _, path in self._files.values()}
+        open_paths = {path for _, _, path in list(self._files.values())}
+        # Other API processes (api.workers > 1) write to the same folders: a file written in the last minute
+        # may be one of theirs, still open, so the size cap never takes it (retention is far longer).
+        busy = time.time() - RECENT_S
         files = []
         for path in self.folder.rglob("*.jsonl"):
             try:
@@ -211,7 +221,7 @@ class PredictionLog:
         total = sum(size for _, size, _ in files)
         horizon = time.time() - self.retention_s if self.retention_s is not None else None
         for mtime, size, path in files:
-            over_size = self.max_bytes is not None and total > self.max_bytes
+            over_size = self.max_bytes is not None and total > self.max_bytes and mtime < busy
             expired = horizon is not None and mtime < horizon
             if path in open_paths or not (expired or over_size):
                 continue

@@ -112,7 +112,7 @@ def test_retention_deletes_files_older_than_it_by_file_time(tmp_path):
     assert all(p.exists() for p in recent) and log.bytes == 200
 
 
-def test_the_size_cap_deletes_the_least_recently_written_closed_files_and_never_the_open_one(tmp_path):
+def test_the_size_cap_deletes_the_least_recently_written_closed_files_never_open_or_just_written_ones(tmp_path):
     evicted = []
     log = PredictionLog(tmp_path, max_bytes=2**20, flush_s=0.01,
                         on_evicted=lambda reason, size: evicted.append((reason, size))).start()
@@ -125,10 +125,13 @@ def test_the_size_cap_deletes_the_least_recently_written_closed_files_and_never_
         log.enforce_caps()
         assert [p.exists() for p in old] == [False, False, True, True, True]  # the two oldest went
         assert evicted == [("size", 300 * 1024)] * 2 and log.bytes <= 2**20
-        log.max_bytes = 2**20 // 4
-        log.enforce_caps()  # every closed file goes; the open one stays, whatever the cap
-        assert not any(p.exists() for p in old)
-        [live] = [p for p in tmp_path.rglob("*.jsonl")]
+        theirs = tmp_path / "uc" / "date=2013-06-02" / "part-120000-99999-1.jsonl"  # another API process's
+        theirs.parent.mkdir()
+        theirs.write_bytes(b"x" * 1023 + b"\n")
+        log.max_bytes = 2**10
+        log.enforce_caps()  # every old closed file goes; the open one and the one just written stay
+        assert not any(p.exists() for p in old) and theirs.exists()
+        [live] = [p for p in tmp_path.rglob("*.jsonl") if p != theirs]
         assert json.loads(live.read_text())["request_id"] == "live"
     finally:
         log.close()
