@@ -20,7 +20,8 @@ $(STAMP): setup.cfg constraints/main.txt
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV) \
 	  || { echo "error: cannot create a venv; on Debian: apt-get install python3-venv"; exit 1; }
 	@test -x $(UV) || $(PY) -m pip install -q "uv==$$(grep -E '^uv==' constraints/main.txt | cut -d= -f3)"
-	$(UV) pip install --python $(PY) -q -c constraints/main.txt -e '.[platform,dev]'
+	@# pip too: a new venv is seeded with the interpreter's bundled pip, older than the pinned one.
+	$(UV) pip install --python $(PY) -q -c constraints/main.txt -e '.[platform,dev]' pip
 	@# The Spark provider pulls pyspark-client, which shares files with pyspark: make pyspark's own files win.
 	$(UV) pip install --python $(PY) -q --reinstall --no-deps "pyspark==$$(grep -E '^pyspark==' constraints/main.txt | cut -d= -f3)"
 	@touch $(STAMP)
@@ -67,7 +68,7 @@ status: $(STAMP) ## Show the local services' state
 .PHONY: lock
 lock: ## Re-resolve and rewrite constraints/main.txt (after changing setup.cfg ranges)
 	rm -rf /tmp/atelier-lock && $(PYTHON_BOOT) -m venv /tmp/atelier-lock && /tmp/atelier-lock/bin/pip install -q uv
-	/tmp/atelier-lock/bin/uv pip install --python /tmp/atelier-lock/bin/python -q -e '.[platform,dev]' uv
+	/tmp/atelier-lock/bin/uv pip install --python /tmp/atelier-lock/bin/python -q -U -e '.[platform,dev]' uv pip
 	{ echo "# Exact versions tested together for the platform venv (.venv). Regenerate: make lock"; \
 	  /tmp/atelier-lock/bin/uv pip freeze --python /tmp/atelier-lock/bin/python --exclude-editable; } > constraints/main.txt
 

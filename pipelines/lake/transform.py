@@ -6,6 +6,7 @@ Everything here is driven by the use case's ``sources.yaml``; nothing is specifi
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING
 
 from pipelines.usecases import Derivation, TableSpec, TimezoneSpec
@@ -22,7 +23,9 @@ class SourceError(ValueError):
 def load_python_object(ref: str) -> pd.DataFrame:
     module_name, attr = ref.split(":", 1)
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        with warnings.catch_warnings():  # a data package that still imports pkg_resources warns on import
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise SourceError(f"source object '{ref}' cannot be loaded: {exc}") from exc
     frame = obj() if callable(obj) else obj
