@@ -10,7 +10,8 @@ Routes
     ``GET /openapi.json``, ``/docs``
 
 Status codes: 200 (a prediction, possibly ``degraded``), 401 (missing/wrong bearer token), 404/405, 408 (the
-body did not arrive within ``body_timeout_ms``: ``Retry-After``, connection closed), 413 (body too large), 422 (invalid request, field by field; or a ``reject``-policy feature is stale), 429 (more than
+body did not arrive within ``body_timeout_ms``: ``Retry-After``, connection closed), 413 (body too large), 422
+(invalid request, field by field; or a ``reject``-policy feature is stale), 429 (more than
 ``max_in_flight`` requests in progress: shed, ``Retry-After``), 503 (no model loaded, or the deadline passed
 before anything could be answered: ``Retry-After``). Dependency failures (online store, Triton) never give
 5xx: they give defaults or the fallback predictor, flagged.

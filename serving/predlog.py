@@ -165,11 +165,15 @@ class PredictionLog:
     def _failed(self, records: int, exc: BaseException) -> None:
         first = self.error is None
         self.failed += records
-        self.error = f"{type(exc).__name__}: {exc}"[:300]
+        # Shown by the unauthenticated /readyz: the kind of error only (an OSError's text may hold paths).
+        if isinstance(exc, OSError) and exc.strerror:
+            self.error = f"{errno.errorcode.get(exc.errno or 0, type(exc).__name__)}: {exc.strerror}"
+        else:
+            self.error = f"{type(exc).__name__} (details in the API log)"
         self.error_at = datetime.now(UTC).isoformat(timespec="seconds")
         if first:
-            log.error("prediction log: writing %d record(s) failed (%s); counting them as failed until a "
-                      "write succeeds", records, self.error)
+            log.error("prediction log: writing %d record(s) failed (%s: %s); counting them as failed until a "
+                      "write succeeds", records, type(exc).__name__, exc)
         if self._on_failed is not None:
             self._on_failed(records)
 
