@@ -42,8 +42,10 @@ class PythonSource(_Spec):
 
 
 class FileSource(_Spec):
+    """A CSV or Parquet file (or folder of them). A relative ``path`` is relative to the use-case folder."""
+
     kind: Literal["csv", "parquet"]
-    path: str
+    path: str = Field(min_length=1)
 
 
 # Derived columns: each is a mapping with exactly one kind.
@@ -213,6 +215,21 @@ def _check_references(path: Path, sources: SourcesSpec) -> None:
         raise SpecError(f"invalid use-case spec {path}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def _resolve_file_paths(folder: Path, sources: SourcesSpec) -> SourcesSpec:
+    """A file source's relative ``path`` is relative to the use-case folder (not to the working directory of
+    whoever runs the job); ``~`` is expanded; URIs (``scheme://``) are left as they are."""
+    tables = {}
+    for name, table in sources.tables.items():
+        source = table.source
+        if isinstance(source, FileSource) and "://" not in source.path:
+            resolved = Path(source.path).expanduser()
+            if not resolved.is_absolute():
+                resolved = (folder / resolved).resolve()
+            table = table.model_copy(update={"source": source.model_copy(update={"path": str(resolved)})})
+        tables[name] = table
+    return sources.model_copy(update={"tables": tables})
+
+
 def load_usecase(folder: Path) -> UseCase:
     """Load and validate one use-case folder."""
     if not folder.is_dir():
@@ -225,6 +242,7 @@ def load_usecase(folder: Path) -> UseCase:
     except ValidationError as exc:
         raise _errors(sources_path, exc) from None
     _check_references(sources_path, sources)
+    sources = _resolve_file_paths(folder, sources)
     extra = {stem: _read_yaml(folder / f"{stem}.yaml") for stem in LATER_STAGE_FILES
              if (folder / f"{stem}.yaml").exists()}
     try:

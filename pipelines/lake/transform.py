@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.usecases import Derivation, TableSpec, TimezoneSpec
@@ -43,6 +44,9 @@ def read_source(spark: SparkSession, name: str, spec: TableSpec, path_override: 
     declared = list(spec.columns)
     if path_override or spec.source.kind in ("csv", "parquet"):
         path = path_override or spec.source.path  # type: ignore[union-attr]
+        if "://" not in path and not Path(path).exists():
+            where = "the --source path" if path_override else f"tables.{name}.source.path"
+            raise SourceError(f"table '{name}': {where} {path!r} does not exist")
         fmt = "parquet" if path.endswith(".parquet") or (not path_override and spec.source.kind == "parquet") else "csv"
         reader = spark.read.option("header", "true").option("mode", "FAILFAST") if fmt == "csv" else spark.read
         raw = reader.format(fmt).load(path)

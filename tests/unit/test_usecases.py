@@ -378,3 +378,36 @@ def test_known_usecases_come_from_folders_with_a_usecase_file(folder):
 def test_unknown_usecase_in_a_missing_dir(tmp_path):
     with pytest.raises(SpecError, match=r"known: none"):
         get_usecase("flights_eta", tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------- file sources
+
+
+def _csv_airlines(folder: Path, path: str) -> None:
+    def change(data):
+        data["tables"]["airlines"]["source"] = {"kind": "csv", "path": path}
+
+    edit_sources(folder, change)
+
+
+def test_a_relative_file_path_is_relative_to_the_usecase_folder(folder, tmp_path, monkeypatch):
+    (folder / "data").mkdir()
+    (folder / "data" / "airlines.csv").write_text("carrier,name\nAA,American Airlines Inc.\n")
+    _csv_airlines(folder, "data/airlines.csv")
+    monkeypatch.chdir(tmp_path)  # wherever the job runs from
+    source = load_usecase(folder).tables["airlines"].source
+    assert source.path == str((folder / "data" / "airlines.csv").resolve())
+    _csv_airlines(folder, "s3a://bucket/airlines.csv")  # a URI stays as written
+    assert load_usecase(folder).tables["airlines"].source.path == "s3a://bucket/airlines.csv"
+
+
+def test_a_file_source_that_does_not_exist_names_the_spec_key_before_spark(folder):
+    from pipelines.lake.transform import SourceError, read_source
+
+    _csv_airlines(folder, "data/no_such.csv")
+    spec = load_usecase(folder).tables["airlines"]
+    with pytest.raises(SourceError, match=r"table 'airlines': tables\.airlines\.source\.path '.*data/no_such\.csv' "
+                                          r"does not exist"):
+        read_source(None, "airlines", spec)  # no Spark session needed: refused before it is used
+    with pytest.raises(SourceError, match=r"the --source path '/nowhere/x\.csv' does not exist"):
+        read_source(None, "airlines", spec, path_override="/nowhere/x.csv")
