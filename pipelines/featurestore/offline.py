@@ -13,7 +13,7 @@ forward), so it scales with the data instead of with a range join.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pipelines.featurestore.spec import FeatureSet, FeatureView
@@ -111,6 +111,24 @@ def as_of_join(labels: DataFrame, table: DataFrame, view: FeatureView, time_colu
     )
 
 
+def _relevant_rows(table: DataFrame, view: FeatureView, start: datetime | None,
+                   end: datetime | None) -> DataFrame:
+    """The feature rows a label in [start, end) can be given: event time < end, and not older than the TTL
+    before start (such a row is stale for every label of the window, and so is an older one it hides).
+    Filtering on the date partition too lets Spark skip the other days' files."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    since = start - view.ttl if start is not None and view.ttl is not None else None
+    table = table.where(_between(F.col(EVENT_TIME), since, end))
+    if EVENT_DATE in table.columns:  # the partition column: one day of slack each side of the time bounds
+        day = F.col(EVENT_DATE)
+        if since is not None:
+            table = table.where(day >= F.lit((since - timedelta(days=1)).date()))
+        if end is not None:
+            table = table.where(day <= F.lit((end + timedelta(days=1)).date()))
+    return table
+
+
 def training_set(spark: SparkSession, lake: Lake, features: FeatureSet, start: datetime | None = None,
                  end: datetime | None = None, tables: dict[str, DataFrame] | None = None,
                  labels: DataFrame | None = None, with_defaults: bool = True,
@@ -142,12 +160,15 @@ def training_set(spark: SparkSession, lake: Lake, features: FeatureSet, start: d
     key_columns = sorted({k for v in features.batch_views for k in v.keys})
     result = result.select(*dict.fromkeys([*spec.keys, row_id, spec.event_time, spec.column, *key_columns,
                                            *extra_columns, *request_names]))
+    # Each view is joined as of the same label rows: the joins are siblings, not nested, so the plan reads the
+    # labels once per view instead of twice per level.
+    base = result
     for view in features.batch_views:
         if tables is not None and view.name in tables:
             table = tables[view.name]
         else:
             table = spark.read.parquet(lake.path(feature_table_name(features.usecase, view.name)))
-        joined = as_of_join(result, table, view, spec.event_time, row_id)
+        joined = as_of_join(base, _relevant_rows(table, view, start, end), view, spec.event_time, row_id)
         result = result.join(joined, result[row_id] == joined["__row_id"], "left").drop("__row_id")
     if with_defaults:
         for view in features.batch_views:

@@ -120,3 +120,20 @@ def test_training_set_features_equal_a_direct_recomputation(full_training_set, s
         window = mine[(mine.arr_ts > last - pd.Timedelta(days=7)) & (mine.arr_ts <= last)]
         assert row.tail_flights_7d == window.arr_delay.notna().sum()
         assert row.tail_arr_delay_mean_7d == pytest.approx(window.arr_delay.mean(), rel=1e-9)
+
+
+def test_a_window_training_set_equals_the_whole_one_cut_to_the_window(full_training_set, spark, published_lake,
+                                                                        features):
+    """A window reads only the feature rows its labels can use (event time < end, not older than the TTL before
+    start): the result is the same as joining all of them and keeping the window's labels. The start is mid-day
+    and the window short, so the 3 h, 7 d and 30 d TTLs all reach back across the date partitions."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    start, end = datetime(2013, 5, 14, 9, 30, tzinfo=UTC), datetime(2013, 5, 17, 6, 0, tzinfo=UTC)
+    window = offline.training_set(spark, published_lake, features, start, end)
+    whole = full_training_set.where((F.col("sched_dep_ts") >= F.lit(start)) & (F.col("sched_dep_ts") < F.lit(end)))
+    columns = sorted(whole.columns)
+    assert sorted(window.columns) == columns
+    n = whole.count()
+    assert n > 2_000 and window.count() == n
+    assert window.select(columns).exceptAll(whole.select(columns)).count() == 0
