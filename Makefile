@@ -34,8 +34,8 @@ bootstrap: $(STAMP) ## Install everything missing: venv, serving venv (Debian py
 	$(ATELIER) bootstrap
 
 .PHONY: demo
-demo: bootstrap ## Run the main job on embedded defaults: start services, ingest + validate the lake, summary
-	$(ATELIER) demo
+demo: bootstrap ## Run the main job on embedded defaults (USECASE=<name>: another use case than the first)
+	$(ATELIER) demo $(if $(USECASE),--usecase '$(USECASE)')
 
 .PHONY: browser
 browser: $(STAMP) ## Install the headless browser the console's UI tests drive (Debian's chromium)

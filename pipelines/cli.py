@@ -169,18 +169,43 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> None:
     print(json.dumps(settings.model_dump(mode="json"), indent=2))
 
 
-# The flights data ends on 2013-12-31: the demo materializes its last week, judged as of its end.
-DEMO_FEATURE_WINDOW = ("2013-12-24", "2013-12-31")
+DEMO_DAYS = 7
 
 
-def _print_online_sample(settings: Settings, usecase) -> None:
+def demo_window(settings: Settings, usecase) -> tuple[str, str]:
+    """The week the demo materializes, scores, replays and monitors: the last ``DEMO_DAYS`` days of the label's
+    source table in the lake (its date partitions), ending at the profile's clock (``api.as_of``) when that is
+    earlier; ISO dates, end exclusive. For the flights use case: 2013-12-24 .. 2013-12-31."""
+    from datetime import timedelta
+
+    from pipelines.featurestore.spec import load_feature_set
+    from pipelines.lake.tables import Lake
+
+    label = load_feature_set(usecase).label
+    if label is None:
+        raise CliError(f"use case '{usecase.name}' has no label (features.yaml `label`): the demo needs one")
+    table = usecase.tables[label.source]
+    partition = table.partition_by[0] if table.partition_by else None
+    if partition is None or table.output_schema.get(partition) != "date":
+        raise CliError(f"the demo's window comes from the date partitions of the label's source table "
+                       f"'{label.source}': give it `partition_by: [<a date column>]` in sources.yaml")
+    days = Lake.from_settings(settings).partition_dates(label.source, partition)
+    if not days:
+        raise CliError(f"lake table '{label.source}' has no {partition} partition: run the lake ingest first")
+    end = max(days) + timedelta(days=1)
+    if settings.api.as_of is not None:
+        end = min(end, settings.api.as_of.date())
+    return (end - timedelta(days=DEMO_DAYS)).isoformat(), end.isoformat()
+
+
+def _print_online_sample(settings: Settings, usecase, window: tuple[str, str]) -> None:
     from pipelines.featurestore.materialize import online_view_name
     from pipelines.featurestore.spec import load_feature_set
     from pipelines.jobs.common import parse_time
     from pipelines.stores.online import get_online_store
 
     features = load_feature_set(usecase)
-    now = parse_time(DEMO_FEATURE_WINDOW[1])
+    now = parse_time(window[1])
     with get_online_store(settings) as store:
         for view in features.batch_views:
             name = online_view_name(usecase.name, view.name)
@@ -232,31 +257,31 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
                      key=lambda p: p.stat().st_mtime)
     if reports:
         print(f"  validation report: {reports[-1]}")
-    print("4. features: materialize the last week of the data into the online store, then the skew check")
-    window = {"usecase": usecase.name, "start": DEMO_FEATURE_WINDOW[0], "end": DEMO_FEATURE_WINDOW[1]}
-    trigger_and_wait(settings, "features_materialize", window)
-    _print_online_sample(settings, usecase)
+    window = demo_window(settings, usecase)
+    print(f"4. features: materialize the data's last week ({window[0]} .. {window[1]}) into the online store, "
+          "then the skew check")
+    trigger_and_wait(settings, "features_materialize", {"usecase": usecase.name, "start": window[0], "end": window[1]})
+    _print_online_sample(settings, usecase, window)
     print("5. training: PIT training set -> Great Expectations -> XGBoost -> holdout vs baselines -> MLflow -> "
           "promotion rules")
     trigger_and_wait(settings, "model_train", {"usecase": usecase.name})
     _print_training(settings, usecase)
-    print("6. batch predictions: the champion scores the last week's flights on Spark, back into the lake")
-    trigger_and_wait(settings, "batch_predict", {"usecase": usecase.name, "start": DEMO_FEATURE_WINDOW[0],
-                                                 "end": DEMO_FEATURE_WINDOW[1]})
+    print("6. batch predictions: the champion scores the week's entities on Spark, back into the lake")
+    trigger_and_wait(settings, "batch_predict", {"usecase": usecase.name, "start": window[0], "end": window[1]})
     _print_batch(settings, usecase)
     print("7. deployment: model_deploy through Airflow (package -> verify -> load beside -> golden check -> "
           "rollout: direct for a first deployment, else a canary judged on live traffic) while the API answers")
     _demo_deploy(settings, usecase, demo_started)
-    print("8. online predictions: the prediction API (online features, Triton, intervals) for real flights")
+    print("8. online predictions: the prediction API (online features, Triton, intervals) for real requests")
     from serving.demo import run_demo_requests
 
-    print(run_demo_requests(settings))
+    print(run_demo_requests(settings, usecase))
     print("9. the feedback loop: the week replayed through the API on its simulated clock (features written as "
           "they became known, outcomes 2 h after landing), then monitoring_feedback through Airflow")
-    _demo_feedback(settings, usecase)
+    _demo_feedback(settings, usecase, window)
     print("10. drift monitoring: monitoring_drift through Airflow over the replayed week (indicators per column x "
           "segment x statistic, thresholds learned from each one's history, Evidently report, alerts, retraining)")
-    _demo_drift(settings, usecase)
+    _demo_drift(settings, usecase, window)
     print("11. the Atelier console in Airflow's UI (Browse > Atelier): each page through the API server, signed in")
     _demo_console(settings, usecase)
     print("12. where things are")
@@ -296,13 +321,13 @@ def _demo_console(settings: Settings, usecase) -> None:
           f"{len(heat['incidents'])} incident(s)")
 
 
-def _demo_drift(settings: Settings, usecase) -> None:
+def _demo_drift(settings: Settings, usecase, window: tuple[str, str]) -> None:
     from pipelines.monitoring.alerts import run_result
 
     # A new version's first run also profiles its training reference (minutes on 2 cores; then cached).
     run_id = trigger_and_wait(settings, "monitoring_drift", {"usecase": usecase.name,
-                                                             "start": DEMO_FEATURE_WINDOW[0],
-                                                             "end": DEMO_FEATURE_WINDOW[1]}, timeout_s=2400)
+                                                             "start": window[0], "end": window[1]},
+                               timeout_s=2400)
     r = run_result(settings, usecase.name, run_id)
     per_day = r["indicators"]
     print(f"  {sum(per_day.values()):,} indicators over {len(per_day)} days ({min(per_day.values()):,}.."
@@ -356,14 +381,19 @@ def _demo_deploy(settings: Settings, usecase, since: str) -> None:
     """``since``: when the demo started (ISO, UTC): its rollouts are printed."""
     import threading
     from collections import Counter
+    from datetime import UTC, datetime
 
     import httpx
 
     from pipelines.deploy.rollout import history
-    from serving.demo import _flights
+    from serving.demo import real_requests
 
     headers = {"Authorization": f"Bearer {os.environ.get('ATELIER_API_TOKEN', '')}"} if settings.api.auth_required else {}
-    rows = [f["request"] for f in _flights(settings, 200)]
+    clock = settings.api.as_of or datetime.now(UTC)
+    rows = [e["request"] for e in real_requests(settings, usecase, 200, clock)]
+    if not rows:
+        raise CliError(f"no real {usecase.name} events with a known outcome in the day before {clock.isoformat()}: "
+                       "no traffic for the rollout")
     statuses: Counter = Counter()
     versions: Counter = Counter()
     stop = threading.Event()
@@ -421,7 +451,7 @@ def _drill(settings: Settings, usecase: str, bias: float, overrides: dict[str, A
     return deploy(settings, usecase, version, strategy="canary", overrides=overrides, by="drill")
 
 
-def _demo_feedback(settings: Settings, usecase) -> None:
+def _demo_feedback(settings: Settings, usecase, window: tuple[str, str]) -> None:
     from datetime import date
 
     from pipelines.monitoring.replay import replay
@@ -429,7 +459,7 @@ def _demo_feedback(settings: Settings, usecase) -> None:
     from pipelines.spark import get_spark
     from serving.demo import wait_until_ready
 
-    first, end = (date.fromisoformat(d) for d in DEMO_FEATURE_WINDOW)
+    first, end = (date.fromisoformat(d) for d in window)
     with _api_running(settings):
         if wait_until_ready(_api_base(settings)).status_code != 200:
             raise CliError("the prediction API is not ready: see .atelier/run/api.log")
@@ -443,9 +473,8 @@ def _demo_feedback(settings: Settings, usecase) -> None:
     print(f"  replayed {result.requests:,} requests in {result.wall_s:.0f} s, {loop_s:.0f} s of them sending "
           f"requests and writing features ({result.requests / max(loop_s, 1e-9):.0f} requests/s), the rest "
           f"Spark computing the features: {result.answered:,} answered, {result.failed:,} failed")
-    trigger_and_wait(settings, "monitoring_feedback", {"usecase": usecase.name, "start": DEMO_FEATURE_WINDOW[0],
-                                                       "end": DEMO_FEATURE_WINDOW[1]})
-    frame = metrics_frame(settings, usecase.name, start=DEMO_FEATURE_WINDOW[0])
+    trigger_and_wait(settings, "monitoring_feedback", {"usecase": usecase.name, "start": window[0], "end": window[1]})
+    frame = metrics_frame(settings, usecase.name, start=window[0])
     print("  online metrics per day (atelier monitor metrics; the last day's late labels are still pending):")
     print("\n".join("    " + line for line in metrics_text(frame).splitlines()))
     last = sorted(frame.prediction_day.unique())[-2]

@@ -1,10 +1,11 @@
-"""The demo's last step: start the prediction API, send real requests for real flights, print the answers.
+"""The demo's prediction step: start the prediction API, send it real requests of a use case, print the answers.
 
-``run_demo_requests(settings) -> str`` returns the printable text. The API runs under the Supervisor
+``run_demo_requests(settings, usecase) -> str`` returns the printable text. The API runs under the Supervisor
 (``<run dir>/api.log``, pid file ``api.pid``) for the duration of the demo and is stopped at the end unless
-``keep_running=True``; ``atelier serve`` runs it in the foreground. Flights are the last scheduled departures of
-the data before the profile's simulated clock (``api.as_of``, 2013-12-31 for the local profile), and each
-answer is printed beside what really happened (the lake's ``arr_delay``).
+``keep_running=True``; ``atelier serve`` runs it in the foreground. The requests are the last real events of the
+label's source table before the profile's simulated clock (``api.as_of``; for the flights use case the last
+departures before 2013-12-31), built from the spec alone (``real_requests``), and each answer is printed beside
+what really happened (the event's label in the lake).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import REPO_ROOT, Settings
@@ -22,7 +23,9 @@ from pipelines.services.base import ServiceSpec
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["api_spec", "run_demo_requests", "wait_until_ready"]
+    from pipelines.usecases import UseCase
+
+__all__ = ["api_spec", "real_requests", "run_demo_requests", "wait_until_ready"]
 
 
 def api_spec(settings: Settings) -> ServiceSpec:
@@ -42,25 +45,62 @@ def api_spec(settings: Settings) -> ServiceSpec:
                        describe=f"prediction API {base} (OpenAPI {base}/docs)")
 
 
-def _flights(settings: Settings, limit: int) -> list[dict[str, Any]]:
-    """The last real departures before the clock, with tail numbers (and their real outcome)."""
+def real_requests(settings: Settings, usecase: UseCase, limit: int, before: datetime) -> list[dict[str, Any]]:
+    """The use case's last ``limit`` real events before ``before``, as API requests, each with its real outcome.
+
+    Rows come from the label's source table (features.yaml ``label.source``), on its last day before ``before``
+    (the table's date partition, when it has one), keeping those whose request columns are all filled and
+    whose label is known. Each is ``{"request": {...}, "id": "<label keys>", "actual": <label>}``; the request
+    carries the request columns (entity keys, request-feature inputs) and the label's keys, as JSON values of
+    their lake types."""
+    import pandas as pd
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
+    from pipelines.featurestore.spec import load_feature_set
+    from pipelines.interface import outcome_key_columns, request_columns
     from pipelines.lake.tables import Lake
 
-    as_of = settings.api.as_of
-    assert as_of is not None
-    day = (as_of - timedelta(days=1)).strftime("%Y-%m-%d")
-    data = ds.dataset(Lake.from_settings(settings).path("flights"), format="parquet", partitioning="hive")
-    frame = data.to_table(columns=["origin", "dest", "carrier", "flight", "tailnum", "sched_dep_ts", "sched_arr_ts",
-                                   "dep_delay", "arr_delay"], filter=pc.field("sched_dep_date") == day).to_pandas()
-    frame = frame[frame.tailnum.notna() & frame.dep_delay.notna() & frame.arr_delay.notna()
-                  & (frame.sched_dep_ts < as_of)].sort_values("sched_dep_ts").tail(limit)
-    return [{"request": {"origin": r.origin, "dest": r.dest, "carrier": r.carrier, "tailnum": r.tailnum,
-                         "sched_dep_ts": r.sched_dep_ts.isoformat(), "sched_arr_ts": r.sched_arr_ts.isoformat(),
-                         "dep_delay": float(r.dep_delay)},
-             "flight": f"{r.carrier}{r.flight}", "actual": float(r.arr_delay)} for r in frame.itertuples()]
+    features = load_feature_set(usecase)
+    label = features.label
+    if label is None:
+        raise ValueError(f"use case '{usecase.name}' has no label (features.yaml `label`): no outcome to show")
+    table = usecase.tables[label.source]
+    schema = table.output_schema
+    request = {c: t for c, (t, _) in {**request_columns(usecase, features),
+                                      **outcome_key_columns(usecase, features)}.items()}
+    missing = sorted(c for c in request if c not in schema)
+    if missing:
+        raise ValueError(f"request columns {missing} are not columns of the label's source table "
+                         f"'{label.source}': the demo builds its requests from that table")
+    columns = sorted({*request, label.column, label.event_time, *label.keys})
+    data = ds.dataset(Lake.from_settings(settings).path(label.source), format="parquet", partitioning="hive")
+    day_filter = None
+    partition = table.partition_by[0] if table.partition_by else None
+    if partition is not None and schema.get(partition) == "date":
+        # Partitions are ISO dates; the day before the clock and the clock's own day cover every earlier event.
+        days = [(before - timedelta(days=d)).date().isoformat() for d in (1, 0)]
+        day_filter = pc.field(partition).cast("string").isin(days)
+    frame = data.to_table(columns=columns, filter=day_filter).to_pandas()
+    times = pd.to_datetime(frame[label.event_time], utc=True)
+    complete = frame[list(request)].notna().all(axis=1) & frame[label.column].notna()
+    frame = frame[complete & (times < before)].assign(_t=times).sort_values(["_t", *label.keys]).tail(limit)
+    return [{"request": {c: _json_value(getattr(r, c), request[c]) for c in request},
+             "id": "/".join(str(getattr(r, k)) for k in label.keys), "actual": float(getattr(r, label.column))}
+            for r in frame.itertuples(index=False)]
+
+
+def _json_value(value: Any, dtype: str) -> Any:
+    """A lake value as the JSON the request schema accepts for its type (strict: no "12" for 12)."""
+    if dtype == "double":
+        return float(value)
+    if dtype == "int":
+        return int(value)
+    if dtype == "bool":
+        return bool(value)
+    if dtype in ("timestamp", "date"):
+        return value.isoformat()
+    return str(value)
 
 
 def wait_until_ready(base_url: str, timeout_s: float = 60.0) -> httpx.Response:
@@ -78,12 +118,25 @@ def wait_until_ready(base_url: str, timeout_s: float = 60.0) -> httpx.Response:
                     retry_error_callback=last_answer)(httpx.get, f"{base_url}/readyz", timeout=5)
 
 
-def run_demo_requests(settings: Settings, *, n_single: int = 5, n_batch: int = 20, keep_running: bool = False) -> str:
-    """Start the API (if not running), call it for real flights, return the text to print."""
+def run_demo_requests(settings: Settings, usecase: UseCase | None = None, *, n_single: int = 5, n_batch: int = 20,
+                      keep_running: bool = False) -> str:
+    """Start the API (if not running), call it with the use case's real events (``real_requests``), return the
+    text to print. ``usecase``: the API's first use case when not given."""
     import httpx
 
+    from pipelines.interface import OutputSpec
+    from pipelines.usecases import get_usecase
+
     if settings.api.as_of is None:
-        return "  (the prediction API demo needs api.as_of: the flights data is historical)"
+        return "  (the prediction API demo needs api.as_of: the demo data is historical)"
+    usecase = usecase or get_usecase(settings.api.usecases[0], settings.usecases_path)
+    examples = real_requests(settings, usecase, max(n_single, n_batch), settings.api.as_of)
+    if not examples:
+        return (f"  no real events with a known outcome in the day before api.as_of ({settings.api.as_of.isoformat()}):"
+                " nothing to send")
+    example = examples[0]
+    out = OutputSpec.load(usecase, _label_column(usecase))
+    unit = f" {out.unit}" if out.unit else ""
     spec = api_spec(settings)
     supervisor = Supervisor(settings.run_dir)
     lines: list[str] = []
@@ -102,47 +155,49 @@ def run_demo_requests(settings: Settings, *, n_single: int = 5, n_batch: int = 2
     try:
         ready = wait_until_ready(base)
         details = ready.json()
-        model = details.get(settings.api.usecases[0], {})
+        model = details.get(usecase.name, {})
         lines.append(f"  API {base}: {'ready' if ready.status_code == 200 else 'NOT ready'}; model "
                      f"{model.get('model')} v{model.get('version')} on Triton: {model.get('triton_ready')}; "
                      f"online store {details['online_store']['backend']}: {details['online_store']['usable']}")
         if not model.get("bundle_loaded"):
             lines.append(f"  no model to serve yet ({model.get('bundle_error')}): train and register one first")
-        flights = _flights(settings, max(n_single, n_batch))
-        lines.append(f"  {len(flights[:n_single])} real flights of {flights[0]['request']['sched_dep_ts'][:10]}, "
-                     f"clock {settings.api.as_of.isoformat()} (api.as_of):")
-        lines.append(f"  {'flight':<8} {'route':<8} {'dep delay':>9} {'predicted arr delay [80%]':>27} "
-                     f"{'arrival (UTC)':>14} {'actual':>7} {'confidence':>10} {'runtime':>8} {'ms':>5}")
+        width = max(len(e["id"]) for e in examples[:n_single])
+        lines.append(f"  {len(examples[:n_single])} real {usecase.name} requests before the clock "
+                     f"{settings.api.as_of.isoformat()} (api.as_of), each beside its real outcome:")
+        predicted = f"predicted {out.name}{unit}"
+        header = f"  {'id':<{width}} {predicted:>{len(predicted)}} {'interval':>20}"
+        if out.time_name:
+            header += f" {out.time_name + ' (UTC)':>24}"
+        lines.append(header + f" {'actual':>9} {'confidence':>10} {'runtime':>8} {'ms':>5}")
         with httpx.Client(headers=headers, timeout=10) as client:
-            for f in flights[:n_single]:
+            for e in examples[:n_single]:
                 t = time.perf_counter()
-                r = client.post(f"{base}/v1/predict", json=f["request"])
+                r = client.post(f"{base}/v1/predict", json=e["request"])
                 ms = (time.perf_counter() - t) * 1e3
                 if r.status_code != 200:
-                    lines.append(f"  {f['flight']:<8} HTTP {r.status_code}: {r.json().get('message', r.text)[:150]}")
+                    lines.append(f"  {e['id']:<{width}} HTTP {r.status_code}: {r.json().get('message', r.text)[:150]}")
                     continue
                 a = r.json()
-                lo, hi = a["interval"]["0.8"]["arr_delay"]
-                req = f["request"]
-                lines.append(
-                    f"  {f['flight']:<8} {req['origin']}-{req['dest']:<4} {req['dep_delay']:>8.0f}m "
-                    f"{a['prediction']['arr_delay']:>10.1f}m [{lo:>6.1f}, {hi:>6.1f}] "
-                    f"{a['prediction']['predicted_arrival'][11:16]:>14} {f['actual']:>6.0f}m "
-                    f"{a['confidence']['level']:>10} {a['model']['runtime']:>8} {ms:>5.1f}"
-                    + (f"  degraded: {'; '.join(a['degraded_reasons'])}" if a["degraded"] else ""))
-            r = client.post(f"{base}/v1/predict/batch", json={"requests": [f["request"] for f in flights[:n_batch]]})
+                level, (lo, hi) = _first_interval(a, out.name)
+                line = (f"  {e['id']:<{width}} {a['prediction'][out.name]:>{len(predicted)}.2f} "
+                        f"{f'{level}: [{lo:.1f}, {hi:.1f}]':>20}")
+                if out.time_name:
+                    line += f" {a['prediction'][out.time_name][:19]:>24}"
+                lines.append(line + f" {e['actual']:>9.2f} {a['confidence']['level']:>10} {a['model']['runtime']:>8} "
+                             f"{ms:>5.1f}" + (f"  degraded: {'; '.join(a['degraded_reasons'])}" if a["degraded"] else ""))
+            batch = examples[:n_batch]
+            r = client.post(f"{base}/v1/predict/batch", json={"requests": [e["request"] for e in batch]})
             if r.status_code == 200:
                 answers = r.json()["predictions"]
-                errors = [abs(a["prediction"]["arr_delay"] - f["actual"]) for a, f in zip(answers, flights, strict=False)]
-                inside = sum(a["interval"]["0.8"]["arr_delay"][0] <= f["actual"] <= a["interval"]["0.8"]["arr_delay"][1]
-                             for a, f in zip(answers, flights, strict=False))
-                lines.append(f"  batch of {len(answers)}: mean absolute error {sum(errors) / len(errors):.1f} min; "
-                             f"{inside}/{len(answers)} actual delays inside the 80% interval")
+                errors = [abs(a["prediction"][out.name] - e["actual"]) for a, e in zip(answers, batch, strict=True)]
+                intervals = [_first_interval(a, out.name) for a in answers]
+                inside = sum(lo <= e["actual"] <= hi for (_, (lo, hi)), e in zip(intervals, batch, strict=True))
+                lines.append(f"  batch of {len(answers)}: mean absolute error {sum(errors) / len(errors):.2f}{unit}; "
+                             f"{inside}/{len(answers)} real outcomes inside the {intervals[0][0]} interval")
             else:
                 lines.append(f"  batch: HTTP {r.status_code}: {r.text[:200]}")
         auth = ' -H "Authorization: Bearer $ATELIER_API_TOKEN"' if settings.api.auth_required else ""
-        example = flights[0]["request"]
-        body = ", ".join(f'"{k}": {v!r}'.replace("'", '"') for k, v in example.items())
+        body = ", ".join(f'"{k}": {v!r}'.replace("'", '"') for k, v in example["request"].items())
         lines.append("  call it yourself (`atelier serve` runs it in the foreground; OpenAPI at /docs):")
         lines.append(f"    curl -s {base}/v1/predict{auth} -H 'Content-Type: application/json' \\")
         lines.append(f"      -d '{{{body}}}'")
@@ -152,3 +207,18 @@ def run_demo_requests(settings: Settings, *, n_single: int = 5, n_batch: int = 2
         if started_here and not keep_running:
             supervisor.down(spec)
     return "\n".join(lines)
+
+
+def _label_column(usecase: UseCase) -> str:
+    from pipelines.featurestore.spec import load_feature_set
+
+    label = load_feature_set(usecase).label
+    assert label is not None  # real_requests has checked
+    return label.column
+
+
+def _first_interval(answer: dict[str, Any], name: str) -> tuple[str, tuple[float, float]]:
+    """(level, (low, high)) of the answer's narrowest interval level (the spec's first)."""
+    level = min(answer["interval"], key=float)
+    lo, hi = answer["interval"][level][name]
+    return level, (lo, hi)

@@ -277,15 +277,18 @@ def score(spark: SparkSession, frame: DataFrame, bundle: ModelBundle, run_id: st
 
 
 # ------------------------------------------------------------------------------------------ the run
-def read_predictions(spark: SparkSession, lake: Lake, usecase: str, days: list[date] | None = None,
-                     column: str = "sched_dep_date") -> DataFrame:
-    """The published predictions of a use case (all days, or only `days`: partition pruning). What the
-    feedback loop and drift checks read; the version read is fixed when this is called."""
+def read_predictions(spark: SparkSession, lake: Lake, usecase: str, days: list[date] | None = None) -> DataFrame:
+    """The published predictions of a use case (all days, or only `days` of its date partition column, the
+    entity table's: partition pruning). The version read is fixed when this is called."""
     from pyspark.sql import functions as F  # noqa: N812
 
-    frame = spark.read.parquet(lake.path(predictions_table(usecase)))
+    name = predictions_table(usecase)
+    frame = spark.read.parquet(lake.path(name))
     if days is not None:
-        frame = frame.where(F.col(column).isin([F.lit(d) for d in days]))
+        partition_by = lake.info(name).partition_by
+        if not partition_by:
+            raise BatchPredictError(f"lake table '{name}' is not partitioned by date: it cannot be read by day")
+        frame = frame.where(F.col(partition_by[0]).isin([F.lit(d) for d in days]))
     return frame
 
 
