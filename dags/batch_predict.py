@@ -60,5 +60,5 @@ with DAG(
 ) as dag:
     AtelierSparkJobOperator(
         task_id="score", job="batch_predict", job_args=ARGS,
-        outlets=[predictions(u) for u in USECASES],
+        usecase_outlets={u: [predictions(u)] for u in USECASES},
     )

@@ -47,7 +47,7 @@ with DAG(
 ) as dag:
     materialize = AtelierSparkJobOperator(
         task_id="materialize", job="features", job_args=["materialize", *INTERVAL_ARGS],
-        outlets=[feature_view(u, v.name) for u, fs in SETS.items() for v in fs.batch_views],
+        usecase_outlets={u: [feature_view(u, v.name) for v in fs.batch_views] for u, fs in SETS.items()},
     )
     skew_check = AtelierSparkJobOperator(task_id="skew_check", job="features", job_args=["skew", *INTERVAL_ARGS],
                                          retries=0)

@@ -37,5 +37,5 @@ with DAG(
     AtelierSparkJobOperator(
         task_id="build", job="features", job_args=["offline", "--usecase", "{{ params.usecase }}",
                                                    "--run-id", "{{ run_id }}"],
-        outlets=[offline_features(u) for u in USECASES],
+        usecase_outlets={u: [offline_features(u)] for u in USECASES},
     )

@@ -20,12 +20,11 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param, task
 
 from pipelines.config import get_settings
-from plugins.assets import lake_table
+from plugins.assets import emit, lake_table, usecase_outlet
 from plugins.operators.spark_job import AtelierSparkJobOperator
 from plugins.usecases import usecases
 
 USECASES = list(usecases())
-TABLES = sorted({t for u in usecases().values() for t in u.tables})
 JOB_ARGS = ["--usecase", "{{ params.usecase }}", "--run-id", "{{ run_id }}"]
 
 with DAG(
@@ -46,13 +45,18 @@ with DAG(
     validate = AtelierSparkJobOperator(task_id="validate", job="lake_ingest", job_args=["validate", *JOB_ARGS],
                                        retries=0)
 
-    @task(outlets=[lake_table(t) for t in TABLES])
-    def publish(params=None, run_id=None) -> dict[str, str]:
+    @task(outlets=[usecase_outlet("lake_ingest", "publish")])
+    def publish(params=None, run_id=None, outlet_events=None) -> dict[str, str]:
+        """Publish the staged, validated tables; emit the Assets of this use case's tables only."""
         from pipelines.lake import ingest
         from pipelines.usecases import get_usecase
 
         settings = get_settings()
-        return ingest.publish(settings, get_usecase(params["usecase"], settings.usecases_path), run_id)
+        usecase = get_usecase(params["usecase"], settings.usecases_path)
+        published = ingest.publish(settings, usecase, run_id)
+        emit(outlet_events, usecase_outlet("lake_ingest", "publish"), [lake_table(t) for t in usecase.tables],
+             {"usecase": usecase.name, "run_id": run_id})
+        return published
 
     @task
     def summarize(params=None) -> dict[str, int]:

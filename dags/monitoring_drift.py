@@ -36,7 +36,7 @@ from airflow.sdk import DAG, task
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from plugins.assets import feedback, retrain_request
+from plugins.assets import emit, feedback, retrain_request, usecase_outlet
 from plugins.intervals import INTERVAL_ARGS, interval_params
 from plugins.operators.spark_job import AtelierSparkJobOperator
 from plugins.usecases import usecases
@@ -75,7 +75,7 @@ with DAG(
         print(f"{sent} alert(s) sent for run {run_id}")
         return sent
 
-    @task(outlets=[retrain_request(u) for u in USECASES])
+    @task(outlets=[usecase_outlet("monitoring_drift", "retrain")])
     def retrain(params: dict[str, Any], run_id: str | None = None, outlet_events: Any = None) -> dict[str, Any]:
         """Emit ``retrain.<usecase>`` for the incidents this run opened (never twice for one incident)."""
         from pipelines.config import get_settings
@@ -90,7 +90,7 @@ with DAG(
         extra = {"usecase": params["usecase"], "reason": f"drift incident {latest['incident_id']}: "
                  f"{latest['reason']}", "incident": latest["incident_id"], "params": latest["params"],
                  "incidents": [r["incident_id"] for r in new], "run_id": run_id}
-        outlet_events[retrain_request(params["usecase"])].extra = extra
+        emit(outlet_events, usecase_outlet("monitoring_drift", "retrain"), [retrain_request(params["usecase"])], extra)
         print(f"retrain.{params['usecase']} emitted: {extra}")
         return extra
 

@@ -56,7 +56,7 @@ with DAG(
 ) as dag:
     joined = AtelierSparkJobOperator(
         task_id="feedback", job="feedback", job_args=["run", *INTERVAL_ARGS],
-        outlets=[feedback(u) for u in USECASES],
+        usecase_outlets={u: [feedback(u)] for u in USECASES},
     )
     served_skew = AtelierSparkJobOperator(task_id="served_skew", job="feedback",
                                           job_args=["served-skew", *INTERVAL_ARGS], retries=0)

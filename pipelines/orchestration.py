@@ -119,6 +119,12 @@ class AirflowClient:
         return dict(self._request("POST", "/api/v2/assets/events", {"asset_id": match[0]["id"],
                                                                       "extra": extra or {}}))
 
+    def asset_events(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        """{asset name: the event's extra} of the Asset events a DAG run emitted."""
+        answer = self._request("GET", "/api/v2/assets/events", params={"source_dag_id": dag_id,
+                                                                       "source_run_id": run_id, "limit": 100})
+        return {e["name"]: e.get("extra") or {} for e in answer.get("asset_events", [])}
+
     def runs(self, dag_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """The DAG's latest runs, newest first."""
         answer = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "-run_after",

@@ -1,8 +1,28 @@
-"""Every Asset Atelier's DAGs produce or consume, declared once. Producers list them in `outlets`."""
+"""Every Asset Atelier's DAGs produce or consume, declared once.
+
+A DAG run is for one use case, so its tasks emit only that use case's Assets: a task's outlet is an
+:class:`AssetAlias` (``usecase_outlet``) and the task adds the events of its use case's Assets to it
+(``emit``). Declaring every use case's Assets as outlets would emit all of them on each success, and start
+every use case's consumers. DAGs scheduled on an Asset are triggered by events added through an alias.
+"""
 
 from __future__ import annotations
 
-from airflow.sdk import Asset
+from collections.abc import Iterable
+from typing import Any
+
+from airflow.sdk import Asset, AssetAlias
+
+
+def usecase_outlet(dag_id: str, task_id: str) -> AssetAlias:
+    """The outlet of a task that emits only its run's use case's Assets (through ``emit``)."""
+    return AssetAlias(name=f"{dag_id}.{task_id}", group="atelier")
+
+
+def emit(outlet_events: Any, alias: AssetAlias, assets: Iterable[Asset], extra: dict[str, Any] | None = None) -> None:
+    """Add one event per Asset to the task's alias outlet (``outlet_events`` from the task's context)."""
+    for asset in assets:
+        outlet_events[alias].add(asset, extra=extra or {})
 
 
 def lake_table(table: str) -> Asset:

@@ -57,3 +57,25 @@ def test_parse_imports_nothing_heavy(settings, path: Path):
 
     result = parse_dag_file(path, {**os.environ, **airflow_env(settings)})
     assert result["heavy"] == [], f"{path.name} imports heavy modules at parse time: {result['heavy']}"
+
+
+def test_tasks_emit_per_use_case_assets_only_through_an_alias(dagbag, settings):
+    """Every declared Asset outlet is emitted on each success: a use case's Assets are added through the task's
+    alias (``plugins.assets.emit``) by the run that is for that use case, never declared outright."""
+    from airflow.sdk import Asset, AssetAlias
+
+    from pipelines.usecases import list_usecases
+
+    names = list_usecases(settings.usecases_path)
+    aliased = []
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            for outlet in task.outlets:
+                if isinstance(outlet, AssetAlias):
+                    aliased.append(f"{dag.dag_id}.{task.task_id}")
+                    assert outlet.name == f"{dag.dag_id}.{task.task_id}"
+                elif isinstance(outlet, Asset):
+                    parts = outlet.name.split(".")
+                    assert not set(parts) & set(names), f"{dag.dag_id}.{task.task_id} declares {outlet.name}"
+    assert {"lake_ingest.publish", "features_offline.build", "features_materialize.materialize",
+            "batch_predict.score", "monitoring_feedback.feedback", "monitoring_drift.retrain"} <= set(aliased)

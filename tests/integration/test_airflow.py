@@ -46,10 +46,10 @@ def test_lake_ingest_through_airflow(client, settings, usecase):
     assert lake.info("flights").rows == 336776
     assert lake.info("weather").rows == 26115
     # The events features_offline is scheduled on (paused for the test session, see conftest.py).
-    events = client._request("GET", "/api/v2/assets/events", params={"source_dag_id": "lake_ingest",
-                                                                     "source_run_id": run_id, "limit": 100})
-    emitted = {e["name"] for e in events["asset_events"]}
-    assert emitted == {f"lake.{t}" for t in usecase.tables}, emitted
+    # Only this use case's tables, each event naming the use case and the run (through the task's alias).
+    events = client.asset_events("lake_ingest", run_id)
+    assert set(events) == {f"lake.{t}" for t in usecase.tables}, events
+    assert all(e == {"usecase": usecase.name, "run_id": run_id} for e in events.values()), events
 
 
 def test_unknown_usecase_param_is_rejected_at_trigger(client):
@@ -76,4 +76,8 @@ def test_features_materialize_through_airflow(client, settings, usecase):
     assert all(r.event_time.date().isoformat() == "2013-12-30" for r in rows)
     report = settings.home_path / "reports" / usecase.name / "skew"
     assert any(p.read_text().startswith("skew check PASSED") for p in report.glob("*.txt"))
+    events = client.asset_events("features_materialize", run_id)
+    assert set(events) == {f"features.{usecase.name}.{v}" for v in ("aircraft_history", "route_stats",
+                                                                     "origin_weather")}, events
+    assert all(e["usecase"] == usecase.name for e in events.values()), events
 

@@ -318,3 +318,5 @@ def test_batch_predict_dag_through_airflow(airflow, settings, lake, model, publi
     assert result.state == "success", result.failed_tasks
     manifest = json.loads((Path(lake.path(TABLE)) / f"sched_dep_date={day}" / PARTITION_MANIFEST).read_text())
     assert manifest["run_id"] == run_id and manifest["rows"] > 500
+    assert airflow.asset_events("batch_predict", run_id) == {
+        "predictions.flights_eta": {"usecase": "flights_eta", "run_id": run_id}}
