@@ -6,6 +6,8 @@ answer names. The API (``serving/``) validates requests with it; the replay and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
 
 import yaml
 
@@ -13,7 +15,27 @@ from pipelines.featurestore.spec import FeatureSet
 from pipelines.quality.expectations import EXPECTATIONS_DIR
 from pipelines.usecases import UseCase
 
-__all__ = ["OutputSpec", "outcome_key_columns", "request_columns", "required_request_columns", "suite_rules"]
+__all__ = ["OutputSpec", "json_value", "outcome_key_columns", "request_columns", "required_request_columns", "suite_rules"]
+
+
+def json_value(value: Any, dtype: str) -> Any:
+    """A lake value of type ``dtype`` as the JSON the API's strict request schema takes (no "12" for 12):
+    None, NaN and NaT become null; a timestamp becomes ISO 8601 in UTC with ``Z`` (a naive one is read as UTC);
+    a date becomes its ISO date; other values pass as they are."""
+    if value is None or (isinstance(value, (float, datetime)) and value != value):  # NaN, NaT
+        return None
+    if dtype == "timestamp" and isinstance(value, datetime):
+        as_utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc.isoformat().replace("+00:00", "Z")
+    if dtype == "date" and isinstance(value, date):
+        return value.isoformat()
+    if dtype == "int":
+        return int(value)
+    if dtype == "double":
+        return float(value)
+    if dtype == "bool":
+        return bool(value)
+    return value
 
 
 def suite_rules(usecase: UseCase, table: str) -> tuple[set[str], dict[str, tuple[float | None, float | None]]]:

@@ -58,7 +58,7 @@ def real_requests(settings: Settings, usecase: UseCase, limit: int, before: date
     import pyarrow.dataset as ds
 
     from pipelines.featurestore.spec import load_feature_set
-    from pipelines.interface import outcome_key_columns, request_columns
+    from pipelines.interface import json_value, outcome_key_columns, request_columns
     from pipelines.lake.tables import Lake
 
     features = load_feature_set(usecase)
@@ -85,22 +85,9 @@ def real_requests(settings: Settings, usecase: UseCase, limit: int, before: date
     times = pd.to_datetime(frame[label.event_time], utc=True)
     complete = frame[list(request)].notna().all(axis=1) & frame[label.column].notna()
     frame = frame[complete & (times < before)].assign(_t=times).sort_values(["_t", *label.keys]).tail(limit)
-    return [{"request": {c: _json_value(getattr(r, c), request[c]) for c in request},
+    return [{"request": {c: json_value(getattr(r, c), request[c]) for c in request},
              "id": "/".join(str(getattr(r, k)) for k in label.keys), "actual": float(getattr(r, label.column))}
             for r in frame.itertuples(index=False)]
-
-
-def _json_value(value: Any, dtype: str) -> Any:
-    """A lake value as the JSON the request schema accepts for its type (strict: no "12" for 12)."""
-    if dtype == "double":
-        return float(value)
-    if dtype == "int":
-        return int(value)
-    if dtype == "bool":
-        return bool(value)
-    if dtype in ("timestamp", "date"):
-        return value.isoformat()
-    return str(value)
 
 
 def wait_until_ready(base_url: str, timeout_s: float = 60.0) -> httpx.Response:

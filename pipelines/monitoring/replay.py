@@ -52,6 +52,7 @@ from pipelines.config import Settings
 from pipelines.featurestore.materialize import materialize_view, online_schema, online_view_name
 from pipelines.featurestore.offline import EVENT_TIME, compute_view
 from pipelines.featurestore.spec import FeatureSet, load_feature_set
+from pipelines.interface import json_value
 from pipelines.lake.tables import Lake
 from pipelines.monitoring.spec import FeedbackSpec, load_feedback_spec
 from pipelines.usecases import UseCase, get_usecase
@@ -228,24 +229,6 @@ def _feature_events(spark: SparkSession, lake: Lake, features: FeatureSet, start
     return out
 
 
-def _json_value(value: Any, dtype: str) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if dtype == "timestamp":
-        if hasattr(value, "isoformat"):
-            return _iso(_utc(value))
-        return value
-    if dtype == "int":
-        return int(value)
-    if dtype == "double":
-        return float(value)
-    if dtype == "bool":
-        return bool(value)
-    return value
-
-
 def prepare_store(store: Any, features: FeatureSet, *, clear: bool) -> None:
     """Apply the use case's online views (an API answers only once they exist) and, with ``clear``, empty them."""
     store.apply([online_schema(features.usecase, v) for v in features.batch_views])
@@ -340,7 +323,7 @@ async def _play(settings: Settings, spark: SparkSession, uc: UseCase, features: 
                 stats.feature_rows = len(events)
                 todays = requests[(requests[spec.request_time] >= day) & (requests[spec.request_time] < next_day)]
                 for row in todays.to_dict("records"):
-                    body = {c: _json_value(row.get(c), t) for c, t in types.items()}
+                    body = {c: json_value(row.get(c), t) for c, t in types.items()}
                     if any(body[c] is None for c in required):
                         stats.skipped_rows += 1
                         continue
@@ -355,7 +338,7 @@ async def _play(settings: Settings, spark: SparkSession, uc: UseCase, features: 
                     if value is not None and not (isinstance(value, float) and math.isnan(value)) and \
                             outcome_at is not None and not _is_nat(outcome_at):
                         release = _utc(outcome_at) + delay
-                        record = {**{k: _json_value(row[k], types.get(k, "string")) for k in label.keys},
+                        record = {**{k: json_value(row[k], types.get(k, "string")) for k in label.keys},
                                   label.column: float(value),
                                   "event_time": _iso(_utc(row[label.event_time])),
                                   "outcome_time": _iso(_utc(outcome_at)), "arrived_at": _iso(release),
