@@ -11,6 +11,10 @@ alias, or a pinned `model_version`), predicts with `inplace_predict` in Arrow ba
 prediction, intervals, model name and version and run id to the lake table `predictions__<usecase>`,
 partitioned by day.
 
+Scheduled runs score every use case (one map index each, failing or skipping on its own); a manual run
+scores the `usecase` it names (`plugins/intervals.py`). A pinned `model_version` applies to a manual run's
+use case only.
+
 Great Expectations checks the staged output (row count = entities read, no null prediction, nested
 intervals) before it replaces **only the interval's days**, by an atomic pointer swap: a failed check or a
 killed job leaves the published days as they were; a re-run gives the same rows; runs over different
@@ -25,20 +29,24 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, task_group
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from plugins.assets import predictions
-from plugins.intervals import INTERVAL_ARGS, interval_params
+from plugins.intervals import interval_args, interval_params, usecases_task
 from plugins.operators.spark_job import AtelierSparkJobOperator
 from plugins.usecases import feature_sets
 
 USECASES = [name for name, fs in feature_sets().items() if fs.label is not None]
-ARGS = [
-    *INTERVAL_ARGS,
+MODEL_ARGS = [
     "{{ '--model-version' if params.model_version else '--alias' }}",
     "{{ params.model_version or params.alias or 'champion' }}",
 ]
+
+
+def job_args(usecase: str) -> list[str]:
+    """The scoring job's arguments for one use case (a mapped group's argument): its interval, then the model."""
+    return [*interval_args(usecase), *MODEL_ARGS]
 
 with DAG(
     dag_id="batch_predict",
@@ -58,7 +66,12 @@ with DAG(
         model_version=Param(None, type=["null", "string"], description="a pinned model version (overrides the alias)"),
     ),
 ) as dag:
-    AtelierSparkJobOperator(
-        task_id="score", job="batch_predict", job_args=ARGS,
-        usecase_outlets={u: [predictions(u)] for u in USECASES},
-    )
+
+    @task_group(group_id="per_usecase", prefix_group_id=False)
+    def per_usecase(usecase: str) -> None:
+        AtelierSparkJobOperator(
+            task_id="score", job="batch_predict", job_args=job_args(usecase),
+            usecase_outlets={u: [predictions(u)] for u in USECASES},
+        )
+
+    per_usecase.expand(usecase=usecases_task(USECASES))

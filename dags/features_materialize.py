@@ -7,7 +7,8 @@ the `local` profile, Cassandra in `cluster`); then **skew_check** samples entiti
 values and recomputes them offline, failing above the spec's mismatch threshold (report under
 `<home>/reports/<usecase>/skew/` and in the lake's `_reports/skew`).
 
-An interval without any source event (no lake before the first ingest, or a scheduled run past the data)
+Scheduled runs cover every use case (one map index each, failing or skipping on its own); a manual run
+covers the `usecase` it names (`plugins/intervals.py`). An interval without any source event (no lake before the first ingest, or a scheduled run past the data)
 ends **skipped** with the reason, before Spark starts.
 
 Writes are versioned by event time: a re-run or a retry of an interval is harmless and an old interval
@@ -21,11 +22,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task_group
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from plugins.assets import feature_view
-from plugins.intervals import INTERVAL_ARGS, interval_params
+from plugins.intervals import interval_args, interval_params, usecases_task
 from plugins.operators.spark_job import AtelierSparkJobOperator
 from plugins.usecases import feature_sets
 
@@ -45,10 +46,15 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "atelier"},
     params=interval_params(USECASES),
 ) as dag:
-    materialize = AtelierSparkJobOperator(
-        task_id="materialize", job="features", job_args=["materialize", *INTERVAL_ARGS],
-        usecase_outlets={u: [feature_view(u, v.name) for v in fs.batch_views] for u, fs in SETS.items()},
-    )
-    skew_check = AtelierSparkJobOperator(task_id="skew_check", job="features", job_args=["skew", *INTERVAL_ARGS],
-                                         retries=0)
-    materialize >> skew_check
+
+    @task_group(group_id="per_usecase", prefix_group_id=False)
+    def per_usecase(usecase: str) -> None:
+        materialize = AtelierSparkJobOperator(
+            task_id="materialize", job="features", job_args=["materialize", *interval_args(usecase)],
+            usecase_outlets={u: [feature_view(u, v.name) for v in fs.batch_views] for u, fs in SETS.items()},
+        )
+        skew_check = AtelierSparkJobOperator(task_id="skew_check", job="features",
+                                             job_args=["skew", *interval_args(usecase)], retries=0)
+        materialize >> skew_check
+
+    per_usecase.expand(usecase=usecases_task(USECASES))

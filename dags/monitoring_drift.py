@@ -21,6 +21,8 @@ tables are in (`monitoring_feedback` runs at 01:00):
    window to train on; `model_train` consumes it (every event queued while it waited, in one run) and the
    retrained version goes through the promotion rules and the deployment. Skipped when nothing new opened.
 
+Scheduled runs cover every use case with a `monitoring.yaml` (one map index each: drift, alert and retrain
+fail or skip on their own); a manual run covers the `usecase` it names (`plugins/intervals.py`).
 An interval with no served, feedback or source day published yet (a scheduled run past the data, or no lake
 before the first ingest) ends **skipped** with the reason, before Spark starts.
 
@@ -32,12 +34,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, task, task_group
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from plugins.assets import emit, feedback, retrain_request, usecase_outlet
-from plugins.intervals import INTERVAL_ARGS, interval_params
+from plugins.intervals import interval_args, interval_params, usecases_task
 from plugins.operators.spark_job import AtelierSparkJobOperator
 from plugins.usecases import usecases
 
@@ -55,11 +57,8 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "atelier"},
     params=interval_params(USECASES),
 ) as dag:
-    drift = AtelierSparkJobOperator(task_id="drift", job="drift", job_args=["run", *INTERVAL_ARGS],
-                                    inlets=[feedback(u) for u in USECASES])
-
     @task
-    def alert(params: dict[str, Any], run_id: str | None = None) -> int:
+    def alert(usecase: str, run_id: str | None = None) -> int:
         """One alert per finding at the spec's alert severity or above (log + webhook)."""
         from pipelines.config import get_settings
         from pipelines.featurestore.spec import load_feature_set
@@ -68,30 +67,36 @@ with DAG(
         from pipelines.usecases import get_usecase
 
         settings = get_settings()
-        usecase = get_usecase(params["usecase"], settings.usecases_path)
-        spec = load_monitoring_spec(usecase, load_feature_set(usecase))
-        result = run_result(settings, usecase.name, run_id or "")
+        spec_usecase = get_usecase(usecase, settings.usecases_path)
+        spec = load_monitoring_spec(spec_usecase, load_feature_set(spec_usecase))
+        result = run_result(settings, spec_usecase.name, run_id or "")
         sent = alert_findings(settings, result, spec.alerts.min_severity, spec.alerts.max_listed)
-        print(f"{sent} alert(s) sent for run {run_id}")
+        print(f"{sent} alert(s) sent for {usecase} run {run_id}")
         return sent
 
     @task(outlets=[usecase_outlet("monitoring_drift", "retrain")])
-    def retrain(params: dict[str, Any], run_id: str | None = None, outlet_events: Any = None) -> dict[str, Any]:
+    def retrain(usecase: str, run_id: str | None = None, outlet_events: Any = None) -> dict[str, Any]:
         """Emit ``retrain.<usecase>`` for the incidents this run opened (never twice for one incident)."""
         from pipelines.config import get_settings
         from pipelines.monitoring.alerts import claim_retraining, run_result
 
         settings = get_settings()
-        result = run_result(settings, params["usecase"], run_id or "")
+        result = run_result(settings, usecase, run_id or "")
         new = claim_retraining(settings, result)
         if not new:
             raise AirflowSkipException("no new incident: no retraining requested")
         latest = new[-1]  # one event per run: a backfill that opened several asks for the latest window
-        extra = {"usecase": params["usecase"], "reason": f"drift incident {latest['incident_id']}: "
+        extra = {"usecase": usecase, "reason": f"drift incident {latest['incident_id']}: "
                  f"{latest['reason']}", "incident": latest["incident_id"], "params": latest["params"],
                  "incidents": [r["incident_id"] for r in new], "run_id": run_id}
-        emit(outlet_events, usecase_outlet("monitoring_drift", "retrain"), [retrain_request(params["usecase"])], extra)
-        print(f"retrain.{params['usecase']} emitted: {extra}")
+        emit(outlet_events, usecase_outlet("monitoring_drift", "retrain"), [retrain_request(usecase)], extra)
+        print(f"retrain.{usecase} emitted: {extra}")
         return extra
 
-    drift >> alert() >> retrain()
+    @task_group(group_id="per_usecase", prefix_group_id=False)
+    def per_usecase(usecase: str) -> None:
+        drift = AtelierSparkJobOperator(task_id="drift", job="drift", job_args=["run", *interval_args(usecase)],
+                                        inlets=[feedback(u) for u in USECASES])
+        drift >> alert(usecase) >> retrain(usecase)
+
+    per_usecase.expand(usecase=usecases_task(USECASES))

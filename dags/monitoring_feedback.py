@@ -22,7 +22,8 @@ batch views) and fails above the spec's mismatch threshold, naming the feature (
 `<home>/reports/<usecase>/served_skew/`). Known serving conditions (store down, materialization lag, a
 stale value replaced by policy) are reported apart, not as skew.
 
-An interval with nothing new (no prediction-log or outcome-log file of its days and no batch prediction of
+Scheduled runs cover every use case with a `feedback.yaml` (one map index each, failing or skipping on its
+own); a manual run covers the `usecase` it names (`plugins/intervals.py`). An interval with nothing new (no prediction-log or outcome-log file of its days and no batch prediction of
 them) ends **skipped** with the reason, before Spark starts.
 
 Read the metrics with `atelier monitor metrics --usecase flights_eta`. Emits the `feedback.<usecase>` Asset.
@@ -32,11 +33,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task_group
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from plugins.assets import feedback
-from plugins.intervals import INTERVAL_ARGS, interval_params
+from plugins.intervals import interval_args, interval_params, usecases_task
 from plugins.operators.spark_job import AtelierSparkJobOperator
 from plugins.usecases import usecases
 
@@ -54,10 +55,15 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "atelier"},
     params=interval_params(USECASES),
 ) as dag:
-    joined = AtelierSparkJobOperator(
-        task_id="feedback", job="feedback", job_args=["run", *INTERVAL_ARGS],
-        usecase_outlets={u: [feedback(u)] for u in USECASES},
-    )
-    served_skew = AtelierSparkJobOperator(task_id="served_skew", job="feedback",
-                                          job_args=["served-skew", *INTERVAL_ARGS], retries=0)
-    joined >> served_skew
+
+    @task_group(group_id="per_usecase", prefix_group_id=False)
+    def per_usecase(usecase: str) -> None:
+        joined = AtelierSparkJobOperator(
+            task_id="feedback", job="feedback", job_args=["run", *interval_args(usecase)],
+            usecase_outlets={u: [feedback(u)] for u in USECASES},
+        )
+        served_skew = AtelierSparkJobOperator(task_id="served_skew", job="feedback",
+                                              job_args=["served-skew", *interval_args(usecase)], retries=0)
+        joined >> served_skew
+
+    per_usecase.expand(usecase=usecases_task(USECASES))

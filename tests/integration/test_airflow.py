@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
+from urllib.parse import quote
 
 import pytest
 
@@ -58,17 +59,25 @@ def test_unknown_usecase_param_is_rejected_at_trigger(client):
 
 
 def test_features_materialize_through_airflow(client, settings, usecase):
-    """The DAG submits the materialization and the skew check through the Spark provider."""
+    """The DAG submits the materialization and the skew check through the Spark provider. The run names no use
+    case, as a scheduled run does: it covers every use case with feature views, one map index each."""
     from datetime import UTC, datetime
 
     from pipelines.featurestore.materialize import online_view_name
     from pipelines.stores.online import get_online_store
+    from pipelines.usecases import list_usecases
 
     client.wait_for_dag("features_materialize")
-    run_id = client.trigger("features_materialize", {"usecase": usecase.name, "start": "2013-12-29",
-                                                     "end": "2013-12-31"})
+    run_id = client.trigger("features_materialize", {"start": "2013-12-29", "end": "2013-12-31"})
     result = client.wait_for_run("features_materialize", run_id, timeout_s=900)
     assert result.state == "success", result.failed_tasks
+    run_path = f"/api/v2/dags/features_materialize/dagRuns/{quote(run_id, safe='')}/taskInstances"
+    covered = client._request("GET", f"{run_path}/usecases/xcomEntries/return_value")["value"]
+    assert covered == list_usecases(settings.usecases_path), covered
+    tasks = client._request("GET", run_path)["task_instances"]
+    states = {(t["task_id"], t["map_index"]): t["state"] for t in tasks}
+    index = covered.index(usecase.name)
+    assert states[("materialize", index)] == "success" and states[("skew_check", index)] == "success", states
     with get_online_store(settings) as store:
         rows = store.read(online_view_name(usecase.name, "origin_weather"), [("JFK",), ("EWR",), ("LGA",)],
                           now=datetime(2013, 12, 31, tzinfo=UTC))

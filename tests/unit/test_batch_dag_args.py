@@ -12,14 +12,15 @@ DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "batch_predict.py"
 
 
 def job_args() -> list[str]:
-    """The DAG file's ``ARGS``, as the DAG processor builds them (the interval part is shared, plugins/intervals.py)."""
+    """The DAG file's job arguments for the use case of a map index (the interval part is shared,
+    plugins/intervals.py)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("batch_predict_dag", DAG_FILE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.ARGS
+    return module.job_args("flights_eta")
 
 
 def render(params: dict, start: datetime | None = None, end: datetime | None = None) -> list[str]:
