@@ -18,6 +18,11 @@ With an ``offset_feature`` the booster learns the label minus that feature (trai
 margin and ``base_score`` 0): a prediction is the booster's raw output plus the feature's value. Any runtime
 that sums the trees (xgboost's ``inplace_predict``, Triton's FIL backend) gives the raw output; the offset is
 added after, by :meth:`ModelBundle.predict` / :meth:`ModelBundle.add_offset`.
+
+A classification bundle (``task`` ``binary`` or ``multiclass``, its ``classes`` in label order) holds instead
+a probability calibration, conformal prediction sets and a logistic fallback
+(``pipelines/models/classification.py``); its booster's margins give the probabilities
+(:meth:`ModelBundle.predict_proba`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from pipelines.models.classification import LogisticFallback, PredictionSets, ProbabilityCalibration
 
 if TYPE_CHECKING:
     import xgboost
@@ -166,12 +173,15 @@ class ModelBundle:
     label: str
     feature_names: list[str]
     feature_defaults: dict[str, float]
-    calibration: Calibration
+    calibration: Calibration | PredictionSets  # intervals (regression) or prediction sets (classification)
     feature_ranges: dict[str, tuple[float, float]]
-    fallback: LinearFallback
+    fallback: LinearFallback | LogisticFallback
     feature_spec_hash: str
     lineage: dict[str, Any] = field(default_factory=dict)
     offset_feature: str | None = None
+    task: str = "regression"  # regression | binary | multiclass
+    classes: list[str] = field(default_factory=list)
+    probability: ProbabilityCalibration | None = None
     version: str | None = None
     path: Path | None = None
     _booster: Any = None
@@ -195,9 +205,40 @@ class ModelBundle:
             return np.column_stack([np.asarray(rows[f], dtype=np.float32) for f in self.feature_names])
         return np.array([[row[f] for f in self.feature_names] for row in rows], dtype=np.float32)
 
+    @property
+    def is_classifier(self) -> bool:
+        return self.task != "regression"
+
     def predict(self, matrix: np.ndarray) -> np.ndarray:
-        """Point predictions for a float32 matrix (``inplace_predict``: no DMatrix), offset included."""
+        """Point predictions for a float32 matrix (``inplace_predict``: no DMatrix), offset included.
+        Regression only: a classifier answers :meth:`predict_proba`."""
+        if self.is_classifier:
+            raise BundleError(f"{self.model_name} is a {self.task} classifier: use predict_proba")
         return self.add_offset(self.booster.inplace_predict(matrix), matrix)
+
+    def margins(self, matrix: np.ndarray) -> np.ndarray:
+        """The booster's raw margins (``(n,)`` binary, ``(n, K)`` multi-class): what Triton returns."""
+        return np.asarray(self.booster.inplace_predict(matrix, predict_type="margin"), dtype=np.float64)
+
+    def predict_proba(self, matrix: np.ndarray | None = None, margins: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated class probabilities ``(n, K)`` of a classifier, from a matrix or from its margins."""
+        if not self.is_classifier or self.probability is None:
+            raise BundleError(f"{self.model_name} is not a classifier: use predict")
+        return self.probability.apply(self.margins(matrix) if margins is None else margins)
+
+    def prediction_sets(self, margins: np.ndarray, matrix: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``{"0.8": (n, K) booleans, ...}``: each calibrated level's conformal prediction sets, from the
+        booster's margins (the sets' scores are the uncalibrated probabilities)."""
+        from pipelines.models.classification import probabilities
+
+        sets = self.calibration
+        if not isinstance(sets, PredictionSets):
+            raise BundleError(f"{self.model_name} is not a classifier: use intervals")
+        segments = None
+        if sets.segment_feature and matrix is not None:
+            segments = matrix[:, self.feature_names.index(sets.segment_feature)]
+        scores = probabilities(margins)
+        return {_level_key(level): sets.members(scores, level, segments) for level in sets.levels}
 
     def add_offset(self, raw: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         """The booster's raw output (sum of trees) -> the prediction: plus the offset feature, if any."""
@@ -211,6 +252,8 @@ class ModelBundle:
         """``{"0.8": (low, high), "0.9": (...)}`` for every calibrated level, by the bundle's calibration or
         ``calibration`` (a recalibration from the feedback loop)."""
         calibration = calibration or self.calibration
+        if not isinstance(calibration, Calibration):
+            raise BundleError(f"{self.model_name} is a {self.task} classifier: use prediction_sets")
         segments = None
         if calibration.segment_feature and matrix is not None:
             segments = matrix[:, self.feature_names.index(calibration.segment_feature)]
@@ -232,10 +275,11 @@ class ModelBundle:
                 "label": self.label, "feature_names": self.feature_names,
                 "feature_defaults": self.feature_defaults, "calibration": self.calibration.to_dict(),
                 "feature_ranges": {k: list(v) for k, v in self.feature_ranges.items()},
-                "fallback": {"kind": "linear", "intercept": self.fallback.intercept,
-                             "coefficients": self.fallback.coefficients},
+                "fallback": self.fallback.to_dict() if isinstance(self.fallback, LogisticFallback) else
+                {"kind": "linear", "intercept": self.fallback.intercept, "coefficients": self.fallback.coefficients},
                 "feature_spec_hash": self.feature_spec_hash, "lineage": self.lineage,
-                "offset_feature": self.offset_feature}
+                "offset_feature": self.offset_feature, "task": self.task, "classes": self.classes,
+                "probability": self.probability.to_dict() if self.probability is not None else None}
 
     def save(self, folder: str | Path, booster: xgboost.Booster | None = None) -> Path:
         """Write the bundle atomically (a temporary sibling renamed into place)."""
@@ -269,12 +313,18 @@ class ModelBundle:
         if not (folder / BOOSTER_FILE).exists():
             raise BundleError(f"{folder} is not a model bundle: {BOOSTER_FILE} is missing")
         fb = data["fallback"]
+        task = str(data.get("task", "regression"))
+        classifier = task != "regression"
+        probability = data.get("probability")
         return cls(
             usecase=data["usecase"], model_name=data["model_name"], label=data["label"],
             feature_names=list(data["feature_names"]), feature_defaults=dict(data["feature_defaults"]),
-            calibration=Calibration.from_dict(data["calibration"]),
+            calibration=(PredictionSets if classifier else Calibration).from_dict(data["calibration"]),
             feature_ranges={k: (v[0], v[1]) for k, v in data["feature_ranges"].items()},
-            fallback=LinearFallback(fb["intercept"], dict(fb["coefficients"])),
+            fallback=LogisticFallback.from_dict(fb) if fb.get("kind") == "logistic"
+            else LinearFallback(fb["intercept"], dict(fb["coefficients"])),
             feature_spec_hash=data["feature_spec_hash"], lineage=dict(data.get("lineage", {})),
-            offset_feature=data.get("offset_feature"), version=version, path=folder,
+            offset_feature=data.get("offset_feature"), task=task, classes=list(data.get("classes", [])),
+            probability=ProbabilityCalibration.from_dict(probability) if probability else None,
+            version=version, path=folder,
         )

@@ -20,18 +20,22 @@ if TYPE_CHECKING:
 
 __all__ = ["check_training_config", "metric_names", "overrides_from_params", "promotion_rules"]
 
-METRICS = ("mae", "rmse", "median_ae", "p90_ae", "bias", "rows")
-
 
 def metric_names(spec: ModelSpec) -> set[str]:
-    """Every metric a training run logs (what rules may reference)."""
-    names = set(METRICS) | {"validation_mae", "best_iteration", "train_seconds", "rows_train", "rows_validation",
-                            "rows_holdout"}
-    names |= {f"champion_{m}" for m in METRICS} | {"champion_version"}
-    for base in spec.evaluation.baselines:
-        names |= {f"baseline_{base}_{m}" for m in METRICS}
+    """Every metric a training run logs (what rules may reference): error metrics for regression, probability
+    metrics and prediction-set coverage for classification."""
+    from pipelines.training.evaluate import CLASSIFICATION_METRICS, REGRESSION_METRICS
+
+    classifier = spec.task != "regression"
+    metrics = CLASSIFICATION_METRICS if classifier else REGRESSION_METRICS
+    names = set(metrics) | {"validation_log_loss" if classifier else "validation_mae", "best_iteration",
+                            "train_seconds", "rows_train", "rows_validation", "rows_holdout"}
+    names |= {f"champion_{m}" for m in metrics} | {"champion_version"}
+    for base in [*spec.evaluation.baselines, *(["prior"] if classifier else [])]:
+        names |= {f"baseline_{base}_{m}" for m in metrics}
     for level in spec.calibration.levels:
-        names |= {f"coverage_{round(level * 100)}", f"interval_width_{round(level * 100)}"}
+        pct = round(level * 100)
+        names |= {f"coverage_{pct}", f"set_size_{pct}" if classifier else f"interval_width_{pct}"}
     return names
 
 

@@ -17,6 +17,8 @@ from pipelines.usecases import SpecError, UseCase
 __all__ = ["ALGORITHMS", "HYPERPARAMETERS", "ModelSpec", "TrainingWindow", "load_model_spec"]
 
 ALGORITHMS = ("xgboost", "xgboost_spark")
+REGRESSION_OBJECTIVES = ("reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror")
+CLASSIFICATION_OBJECTIVES = ("binary:logistic", "multi:softprob")
 
 # name -> (type, minimum, maximum): the XGBoost parameters a spec may set, with sane bounds.
 HYPERPARAMETERS: dict[str, tuple[type, float, float]] = {
@@ -82,7 +84,12 @@ class SearchSpec(_Spec):
 
 
 class CalibrationSpec(_Spec):
-    levels: list[float] = Field(default_factory=lambda: [0.8, 0.9], min_length=1)
+    levels: list[float] = Field(default_factory=lambda: [0.8, 0.9], min_length=1,
+                                description="nominal levels: prediction intervals (regression) or prediction "
+                                            "sets (classification)")
+    probability: Literal["isotonic", "sigmoid", "temperature", "none"] | None = Field(
+        None, description="classification: how probabilities are calibrated on validation (default: isotonic "
+                          "for binary, temperature for multi-class)")
     segment_by: str | None = None
     min_segment_rows: int = Field(300, ge=10)
 
@@ -108,7 +115,10 @@ class DistributedSpec(_Spec):
 class ModelSpec(_Spec):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
     algorithm: Literal["xgboost", "xgboost_spark"] = "xgboost"
-    objective: Literal["reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror"] = "reg:squarederror"
+    objective: Literal["reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror", "binary:logistic",
+                       "multi:softprob"] = "reg:squarederror"
+    classes: list[str] = Field(default_factory=list, description="classification: the class names of label "
+                               "values 0, 1, ... (binary default: ['0', '1'])")
     seed: int = 7
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     data: DataSpec
@@ -124,6 +134,58 @@ class ModelSpec(_Spec):
     @classmethod
     def _hyperparameters(cls, value: dict[str, Any]) -> dict[str, Any]:
         return check_hyperparameters(value)
+
+    @model_validator(mode="after")
+    def _task(self) -> ModelSpec:
+        if self.task == "regression":
+            if self.classes:
+                raise ValueError(f"classes: only for classification objectives ({', '.join(CLASSIFICATION_OBJECTIVES)})")
+            if self.calibration.probability is not None:
+                raise ValueError("calibration.probability: only for classification objectives")
+            return self
+        if self.offset_feature:
+            raise ValueError("offset_feature: regression only (a classifier's margin has no feature to add)")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes: names repeat: {self.classes}")
+        if self.task == "binary" and self.classes and len(self.classes) != 2:
+            raise ValueError(f"classes: a binary objective has 2 classes, got {len(self.classes)}")
+        if self.task == "multiclass" and len(self.classes) < 3:
+            raise ValueError("classes: multi:softprob needs the names of its 3 or more classes (label values 0, 1, "
+                             "...); a 2-class problem takes binary:logistic")
+        method = self.calibration.probability
+        if self.task == "binary" and method == "temperature":
+            raise ValueError("calibration.probability: 'temperature' is for multi-class; binary takes isotonic, "
+                             "sigmoid or none")
+        if self.task == "multiclass" and method in ("isotonic", "sigmoid"):
+            raise ValueError(f"calibration.probability: '{method}' is for binary; multi-class takes temperature or "
+                             "none")
+        if "prior" in self.evaluation.baselines:
+            raise ValueError("evaluation.baselines.prior: a built-in baseline of classification models (the "
+                             "training rows' class rates); name yours otherwise")
+        return self
+
+    @property
+    def task(self) -> Literal["regression", "binary", "multiclass"]:
+        """What the objective predicts: a number, one of two classes or one of several."""
+        if self.objective.startswith("binary:"):
+            return "binary"
+        if self.objective.startswith("multi:"):
+            return "multiclass"
+        return "regression"
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes of a classifier, in label order (empty for regression)."""
+        if self.task == "regression":
+            return []
+        return list(self.classes) or ["0", "1"]
+
+    @property
+    def probability_method(self) -> str:
+        """The probability calibration of a classifier (``none`` for regression)."""
+        if self.task == "regression":
+            return "none"
+        return self.calibration.probability or ("isotonic" if self.task == "binary" else "temperature")
 
     @model_validator(mode="after")
     def _window(self) -> ModelSpec:
