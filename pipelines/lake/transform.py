@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.usecases import Derivation, TableSpec, TimezoneSpec
 
@@ -21,7 +22,8 @@ class SourceError(ValueError):
     """A source cannot be read, or does not match its declared schema."""
 
 
-def load_python_object(ref: str) -> pd.DataFrame:
+def load_python_object(ref: str, args: Sequence[Any] = ()) -> pd.DataFrame:
+    """The DataFrame ``module:attribute`` names: the attribute, or its result when callable (with ``args``)."""
     module_name, attr = ref.split(":", 1)
     try:
         with warnings.catch_warnings():  # a data package that still imports pkg_resources warns on import
@@ -29,7 +31,13 @@ def load_python_object(ref: str) -> pd.DataFrame:
             obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise SourceError(f"source object '{ref}' cannot be loaded: {exc}") from exc
-    frame = obj() if callable(obj) else obj
+    if args and not callable(obj):
+        raise SourceError(f"source object '{ref}' is not callable: it takes no args (got {list(args)})")
+    try:
+        frame = obj(*args) if callable(obj) else obj
+    except Exception as exc:  # noqa: BLE001 - the package's own error, named with the source
+        raise SourceError(f"source object '{ref}'{f' with args {list(args)}' if args else ''} failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
     import pandas as pd
 
     if not isinstance(frame, pd.DataFrame):
@@ -51,7 +59,7 @@ def read_source(spark: SparkSession, name: str, spec: TableSpec, path_override: 
         reader = spark.read.option("header", "true").option("mode", "FAILFAST") if fmt == "csv" else spark.read
         raw = reader.format(fmt).load(path)
     else:
-        frame = load_python_object(spec.source.object)  # type: ignore[union-attr]
+        frame = load_python_object(spec.source.object, spec.source.args)  # type: ignore[union-attr]
         missing = [c for c in declared if c not in frame.columns]
         if missing:
             raise SourceError(f"table '{name}': source lacks declared column(s) {missing}")
