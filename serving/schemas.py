@@ -128,10 +128,16 @@ class Confidence(_Doc):
 class PredictionResponse(_Doc):
     request_id: str
     usecase: str
-    prediction: dict[str, Any] = Field(description="the label's predicted value (e.g. arr_delay minutes) and, "
-                                                   "where the use case defines one, the predicted time")
+    prediction: dict[str, Any] = Field(description="regression: the label's predicted value (e.g. arr_delay minutes) "
+                                                   "and, where the use case defines one, the predicted time; "
+                                                   "classification: the most probable class and `probabilities` "
+                                                   "({class: calibrated probability})")
     interval: dict[str, dict[str, list[Any]]] = Field(
-        description='per nominal level ("0.8", "0.9"): {name: [low, high]} for the value and the time')
+        default_factory=dict,
+        description='regression, per nominal level ("0.8", "0.9"): {name: [low, high]} for the value and the time')
+    sets: dict[str, list[str]] | None = Field(
+        None, description='classification, per nominal level ("0.8", "0.9"): the classes of the conformal prediction '
+                          "set (it holds the true class at that rate; more than one class: the model is unsure)")
     confidence: Confidence
     model: ModelRef
     routing: RoutingRef

@@ -46,6 +46,7 @@ from pipelines.deploy.triton import triton_name
 from pipelines.featurestore.spec import FeatureSet, load_feature_set
 from pipelines.interface import OutputSpec
 from pipelines.models.bundle import Calibration, ModelBundle
+from pipelines.models.classification import PredictionSets, probabilities
 from pipelines.monitoring.recalibration import bundle_calibration_id, calibration_dir, load_current
 from pipelines.usecases import get_usecase
 from serving.features import FeatureResolver, StaleFeature
@@ -77,8 +78,9 @@ class ServedVersion:
         self.bundle = bundle
         self.resolver = FeatureResolver(rt.features, dict(bundle.feature_defaults))
         self.levels = [f"{level:g}" for level in bundle.calibration.levels]
-        # The intervals' calibration: the bundle's, until the feedback loop publishes a recalibration.
-        self.calibration: Calibration = bundle.calibration
+        # The intervals' calibration: the bundle's, until the feedback loop publishes a recalibration (a
+        # classifier's prediction sets stay the bundle's: the feedback loop recalibrates intervals).
+        self.calibration: Calibration | PredictionSets = bundle.calibration
         self.calibration_id = bundle_calibration_id(self.model_name, self.version)
         self.calibration_stamp: int | None = None
         self.triton: TritonModel | None = None
@@ -91,6 +93,8 @@ class ServedVersion:
 
     def follow_calibration(self, settings: Settings) -> None:
         """Serve the newest recalibration the feedback loop published for this version (if changed)."""
+        if self.bundle.is_classifier:
+            return
         folder = calibration_dir(settings, self.usecase, self.model_name, self.version)
         try:
             stamp = (folder / "current.json").stat().st_mtime_ns
@@ -513,7 +517,8 @@ class PredictionService:
 
     async def infer(self, rt: UseCaseRuntime, sv: ServedVersion, matrix: np.ndarray, deadline: float,
                     ) -> tuple[np.ndarray, str | None, str | None]:
-        """(predictions, None, None) from Triton, or (fallback predictions, reason, error kind or None)."""
+        """(outputs, None, None) from Triton, or (the fallback's outputs, reason, error kind or None). Outputs are
+        predictions (regression) or margins (classification: :meth:`_uncertainty` makes the probabilities)."""
         reason: str
         kind: str | None = None
         left = deadline - time.perf_counter()
@@ -539,7 +544,7 @@ class PredictionService:
                 sv.triton_breaker.failure()  # cancelled or unexpected: report it, as in lookup
                 raise
         self.metrics.fallbacks.labels(rt.name, reason.split(" (")[0][:60]).inc(matrix.shape[0])
-        return sv.bundle.fallback.predict(matrix, sv.bundle.feature_names), reason, kind
+        return sv.bundle.fallback_outputs(matrix), reason, kind
 
     async def predict(self, rt: UseCaseRuntime, rows: list[dict[str, Any]], as_of: datetime, request_id: str,
                       endpoint: str, started: float) -> list[dict[str, Any]]:
@@ -568,11 +573,10 @@ class PredictionService:
         names = bundle.feature_names
         matrix = np.array([resolver.vector(r.values, names) for r in resolved], dtype=np.float32)
         t2 = time.perf_counter()
-        predictions, fallback_reason, error = await self.infer(rt, sv, matrix, deadline)
+        outputs, fallback_reason, error = await self.infer(rt, sv, matrix, deadline)
         t3 = time.perf_counter()
-        intervals = bundle.intervals(predictions, matrix, sv.calibration)
-        answers = [self._answer(rt, sv, rows[i], keys[i], resolved[i], float(predictions[i]),
-                                {lvl: (float(lo[i]), float(hi[i])) for lvl, (lo, hi) in intervals.items()},
+        values, uncertainty = self._uncertainty(sv, outputs, matrix, fallback=fallback_reason is not None)
+        answers = [self._answer(rt, sv, rows[i], keys[i], resolved[i], values[i], uncertainty[i],
                                 fallback_reason, store_problem, as_of,
                                 request_id if len(rows) == 1 and endpoint == "predict" else f"{request_id}-{i}",
                                 routing, started, error)
@@ -601,11 +605,10 @@ class PredictionService:
                 started = time.perf_counter()
                 matrix = np.array([sv.resolver.vector(r.values, sv.bundle.feature_names) for r in resolved],
                                   dtype=np.float32)
-                predictions, reason, error = await self.infer(rt, sv, matrix, started + self.api.deadline_ms / 1000)
-                intervals = sv.bundle.intervals(predictions, matrix, sv.calibration)
+                outputs, reason, error = await self.infer(rt, sv, matrix, started + self.api.deadline_ms / 1000)
+                values, uncertainty = self._uncertainty(sv, outputs, matrix, fallback=reason is not None)
                 for i, row in enumerate(rows):
-                    self._answer(rt, sv, row, keys[i], resolved[i], float(predictions[i]),
-                                 {lvl: (float(lo[i]), float(hi[i])) for lvl, (lo, hi) in intervals.items()},
+                    self._answer(rt, sv, row, keys[i], resolved[i], values[i], uncertainty[i],
                                  reason, None, as_of, request_ids[i], {**routing, "role": "shadow"}, started, error)
                 self.metrics.shadow.labels(rt.name, sv.version, "scored").inc(len(rows))
             except asyncio.CancelledError:
@@ -614,27 +617,59 @@ class PredictionService:
                 self.metrics.shadow.labels(rt.name, sv.version, "failed").inc(len(rows))
                 log.warning("shadow v%s: %s", sv.version, exc)
 
+    @staticmethod
+    def _uncertainty(sv: ServedVersion, outputs: np.ndarray, matrix: np.ndarray, fallback: bool = False,
+                     ) -> tuple[list[Any], list[Any]]:
+        """Per row: (the prediction, its uncertainty). Regression: (value, {level: (low, high)}) from the served
+        calibration; classification: (the row's class probabilities, {level: the classes in the prediction set}).
+        The fallback's probabilities are its own (a logistic regression's), not put through the model's map."""
+        bundle = sv.bundle
+        if bundle.is_classifier:
+            proba = probabilities(outputs) if fallback else bundle.predict_proba(margins=outputs)
+            sets = bundle.prediction_sets(outputs, matrix)
+            classes = bundle.classes
+            return ([[float(p) for p in row] for row in proba],
+                    [{lvl: [classes[k] for k in np.flatnonzero(m[i])] for lvl, m in sets.items()}
+                     for i in range(proba.shape[0])])
+        intervals = bundle.intervals(outputs, matrix, sv.calibration)
+        return ([float(v) for v in outputs],
+                [{lvl: (float(lo[i]), float(hi[i])) for lvl, (lo, hi) in intervals.items()}
+                 for i in range(outputs.shape[0])])
+
     def _answer(self, rt: UseCaseRuntime, sv: ServedVersion, row: dict[str, Any], keys: dict[str, tuple | None],
-                resolved: Any, value: float, interval: dict[str, tuple[float, float]], fallback_reason: str | None,
+                resolved: Any, value: Any, uncertainty: dict[str, Any], fallback_reason: str | None,
                 store_problem: str | None, as_of: datetime, request_id: str, routing: dict[str, Any],
                 started: float, error: str | None) -> dict[str, Any]:
         """The answer (and its prediction-log record; a shadow's record only: role ``shadow``)."""
         bundle = sv.bundle
         out = rt.output
-        value = round(value, 2)
-        prediction: dict[str, Any] = {out.name: value}
-        intervals: dict[str, dict[str, list[Any]]] = {}
-        base_ts = row.get(out.time_from) if out.time_from else None
-        base = base_ts.timestamp() if base_ts is not None else None
-        for level, (lo, hi) in interval.items():
-            entry: dict[str, list[Any]] = {out.name: [round(lo, 2), round(hi, 2)]}
-            if base is not None and out.time_name:
-                entry[out.time_name] = [_plus_minutes(base, lo), _plus_minutes(base, hi)]
-            intervals[level] = entry
-        if base is not None and out.time_name:
-            prediction[out.time_name] = _plus_minutes(base, value)
         reasons = list(resolved.issues)
         score = len(resolved.issues)
+        intervals: dict[str, dict[str, list[Any]]] = {}
+        sets: dict[str, list[str]] | None = None
+        if bundle.is_classifier:
+            # The label is the most probable class; the sets are the uncertainty: at each level, the classes
+            # the conformal calibration cannot rule out.
+            probabilities = {c: round(p, 4) for c, p in zip(bundle.classes, value, strict=True)}
+            prediction: dict[str, Any] = {out.name: bundle.classes[int(np.argmax(value))],
+                                          "probabilities": probabilities}
+            sets = uncertainty
+            widest = max(sets, key=float) if sets else None
+            if widest is not None and len(sets[widest]) > 1:
+                reasons.append(f"ambiguous: the {float(widest):.0%} prediction set holds {len(sets[widest])} classes")
+                score += 1
+        else:
+            value = round(value, 2)
+            prediction = {out.name: value}
+            base_ts = row.get(out.time_from) if out.time_from else None
+            base = base_ts.timestamp() if base_ts is not None else None
+            for level, (lo, hi) in uncertainty.items():
+                entry: dict[str, list[Any]] = {out.name: [round(lo, 2), round(hi, 2)]}
+                if base is not None and out.time_name:
+                    entry[out.time_name] = [_plus_minutes(base, lo), _plus_minutes(base, hi)]
+                intervals[level] = entry
+            if base is not None and out.time_name:
+                prediction[out.time_name] = _plus_minutes(base, value)
         ood = bundle.out_of_range(resolved.values) if bundle.feature_ranges else []
         if ood:
             reasons.append("outside the training distribution: " + ", ".join(ood[:5]))
@@ -642,7 +677,9 @@ class PredictionService:
         degraded_reasons = []
         if fallback_reason:
             degraded_reasons.append(f"fallback predictor answered: {fallback_reason}")
-            reasons.append("answered by the fallback predictor (intervals calibrated for the main model)")
+            reasons.append("answered by the fallback predictor (intervals calibrated for the main model)"
+                           if not bundle.is_classifier else
+                           "answered by the fallback predictor (its own probabilities; sets calibrated for the main model)")
             score += 3
         if store_problem:
             degraded_reasons.append(f"feature defaults used: {store_problem}")
@@ -657,6 +694,7 @@ class PredictionService:
             "usecase": rt.name,
             "prediction": prediction,
             "interval": intervals,
+            **({"sets": sets} if sets is not None else {}),
             "confidence": {"level": level, "reasons": reasons},
             "model": {"name": rt.model_name, "version": sv.version,
                       "runtime": "fallback" if fallback_reason else "triton"},

@@ -191,10 +191,13 @@ def package(bundle: ModelBundle, out: Path, *, triton_name: str, config_pbtxt: s
     booster = bundle.booster
     if booster.num_features() != n:
         raise ArtifactError(f"{where}: the booster has {booster.num_features()} features, the bundle {n}")
-    outputs = np.asarray(booster.inplace_predict(inputs), dtype=np.float64).reshape(-1)
+    if bundle.task == "multiclass":
+        raise ArtifactError(f"{where}: {bundle.model_name} is a multi-class model; serving multi-class models on "
+                            "Triton is planned (regression and binary models deploy)")
+    outputs = np.asarray(booster.inplace_predict(inputs, predict_type="margin"), dtype=np.float64).reshape(-1)
     if outputs.shape != (inputs.shape[0],):
         raise ArtifactError(f"{where}: the booster returned {outputs.size} outputs for {inputs.shape[0]} rows "
-                            f"(a multi-output model cannot be deployed as a regressor)")
+                            f"(a multi-output model cannot be deployed as one output)")
 
     members: list[tuple[str, bytes]] = [(MODEL_JSON, model_bytes), (BUNDLE_JSON, bundle_bytes),
                                         (CONFIG_PBTXT, config_pbtxt.encode())]

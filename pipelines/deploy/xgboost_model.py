@@ -36,7 +36,10 @@ class TritonPythonModel:
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, "input__0").as_numpy() for r in requests]
         rows = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        predictions = np.asarray(self.booster.inplace_predict(rows), dtype=np.float32).reshape(-1, 1)
+        # Margins (the raw sum of trees): a regressor's prediction, a binary classifier's log-odds, which the API
+        # turns into calibrated probabilities (pipelines/models/classification.py).
+        predictions = np.asarray(self.booster.inplace_predict(rows, predict_type="margin"),
+                                 dtype=np.float32).reshape(-1, 1)
         responses, start = [], 0
         for array in arrays:
             end = start + array.shape[0]

@@ -216,6 +216,12 @@ class ModelBundle:
             raise BundleError(f"{self.model_name} is a {self.task} classifier: use predict_proba")
         return self.add_offset(self.booster.inplace_predict(matrix), matrix)
 
+    def fallback_outputs(self, matrix: np.ndarray) -> np.ndarray:
+        """The fallback's answer for a matrix: predictions (linear, regression) or margins (logistic)."""
+        if isinstance(self.fallback, LogisticFallback):
+            return self.fallback.margins(matrix, self.feature_names)
+        return self.fallback.predict(matrix, self.feature_names)
+
     def margins(self, matrix: np.ndarray) -> np.ndarray:
         """The booster's raw margins (``(n,)`` binary, ``(n, K)`` multi-class): what Triton returns."""
         return np.asarray(self.booster.inplace_predict(matrix, predict_type="margin"), dtype=np.float64)

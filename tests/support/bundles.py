@@ -31,8 +31,10 @@ __all__ = ["register_bundle", "synthetic_bundle", "train_bundle"]
 
 
 def synthetic_bundle(features: FeatureSet, folder: Path, *, rows: int = 20_000, trees: int = 60, depth: int = 6,
-                     seed: int = 7, version: str = "1") -> ModelBundle:
-    """Train, calibrate and save a bundle into ``folder``; ``bundle.version`` = ``version``."""
+                     seed: int = 7, version: str = "1", task: str = "regression") -> ModelBundle:
+    """Train, calibrate and save a bundle into ``folder``; ``bundle.version`` = ``version``. ``task``
+    ``binary``: a classifier of "the synthetic delay exceeds 15" (classes ``on_time``, ``late``) with isotonic
+    probabilities, conformal prediction sets and a logistic fallback, as classification training makes."""
     import pandas as pd
     import xgboost
 
@@ -61,6 +63,8 @@ def synthetic_bundle(features: FeatureSet, folder: Path, *, rows: int = 20_000, 
     route = frame.get("route_arr_delay_mean_30d", pd.Series(np.zeros(rows)))
     label = (0.95 * dep + 0.3 * route - 4 + rng.normal(0, 9, rows)).to_numpy()
     split = int(rows * 0.8)
+    if task == "binary":
+        return _binary_bundle(features, folder, frame, (label > 15).astype(np.int64), split, trees, depth, version)
     train = xgboost.DMatrix(frame.iloc[:split].to_numpy(np.float32), label=label[:split], feature_names=names)
     booster = xgboost.train({"max_depth": depth, "eta": 0.1, "objective": "reg:squarederror", "nthread": 2},
                             train, num_boost_round=trees)
@@ -77,6 +81,38 @@ def synthetic_bundle(features: FeatureSet, folder: Path, *, rows: int = 20_000, 
                          feature_names=names, feature_defaults=defaults, calibration=calibration,
                          feature_ranges=ranges, fallback=fallback, feature_spec_hash=feature_spec_hash("synthetic"),
                          lineage={"source": "tests.support.bundles.synthetic_bundle", "rows": rows, "seed": seed})
+    bundle.save(folder, booster=booster)
+    bundle.version = version
+    return bundle
+
+
+def _binary_bundle(features: FeatureSet, folder: Path, frame, labels: np.ndarray, split: int, trees: int,  # noqa: ANN001
+                   depth: int, version: str) -> ModelBundle:
+    import xgboost
+
+    from pipelines.models.classification import (
+        LogisticFallback,
+        PredictionSets,
+        ProbabilityCalibration,
+        probabilities,
+    )
+
+    names = features.feature_names
+    train = xgboost.DMatrix(frame.iloc[:split].to_numpy(np.float32), label=labels[:split], feature_names=names)
+    booster = xgboost.train({"max_depth": depth, "eta": 0.1, "objective": "binary:logistic", "nthread": 2},
+                            train, num_boost_round=trees)
+    margins = booster.inplace_predict(frame.iloc[split:].to_numpy(np.float32), predict_type="margin")
+    probability = ProbabilityCalibration.fit(margins, labels[split:], "isotonic")
+    sets = PredictionSets.fit(probabilities(margins), labels[split:], [0.8, 0.9])
+    fallback_features = [n for n in ("dep_delay_known", "route_arr_delay_mean_30d") if n in names]
+    ranges = {n: (float(np.percentile(frame[n], 0.1)), float(np.percentile(frame[n], 99.9))) for n in names}
+    defaults = {f.name: float(f.default) for v in features.batch_views for f in v.features
+                if isinstance(f.default, (int, float))}
+    bundle = ModelBundle(usecase=features.usecase, model_name=features.usecase, label="late", feature_names=names,
+                         feature_defaults=defaults, calibration=sets, feature_ranges=ranges,
+                         fallback=LogisticFallback.fit(frame.iloc[:split], fallback_features, labels[:split], 2),
+                         feature_spec_hash=feature_spec_hash("synthetic"), task="binary", classes=["on_time", "late"],
+                         probability=probability, lineage={"source": "tests.support.bundles.synthetic_bundle"})
     bundle.save(folder, booster=booster)
     bundle.version = version
     return bundle

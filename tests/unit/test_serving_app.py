@@ -129,3 +129,54 @@ def test_intervals_follow_the_published_recalibration_and_name_it(env):
                 "flights_eta:1/bundle"
     finally:
         (folder / "current.json").unlink()
+
+
+@pytest.fixture(scope="module")
+def classifier(env, tmp_path_factory):
+    settings, _ = env
+    from tests.support.bundles import synthetic_bundle
+
+    features = load_feature_set(get_usecase("flights_eta", settings.usecases_path))
+    return synthetic_bundle(features, tmp_path_factory.mktemp("clf") / "bundle", rows=3_000, trees=10, depth=3,
+                            version="2", task="binary")
+
+
+def test_a_classifier_answers_its_classes_probabilities_and_prediction_sets(env, classifier):
+    """Triton unreachable: the logistic fallback answers, flagged, with its own probabilities and the model's
+    conformal sets; the answer names the most probable class and carries no interval."""
+    settings, _ = env
+    service = PredictionService(settings, bundles={"flights_eta": classifier})
+    with TestClient(create_app(settings, service, token=TOKEN)) as client:
+        r = client.post("/v1/predict", json=FLIGHT, headers={"Authorization": f"Bearer {TOKEN}",
+                                                             "X-Atelier-As-Of": "2013-12-31T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    a = r.json()
+    probabilities = a["prediction"]["probabilities"]
+    assert set(probabilities) == {"on_time", "late"} and sum(probabilities.values()) == pytest.approx(1, abs=1e-3)
+    assert a["prediction"]["arr_delay"] == max(probabilities, key=probabilities.get)
+    assert a["interval"] == {} and set(a["sets"]) == {"0.8", "0.9"}
+    assert a["prediction"]["arr_delay"] in a["sets"]["0.8"] and set(a["sets"]["0.8"]) <= set(a["sets"]["0.9"])
+    assert a["model"]["runtime"] == "fallback" and a["degraded"] is True
+    assert any("its own probabilities" in reason for reason in a["confidence"]["reasons"])
+
+
+def test_a_classifier_s_triton_margins_become_the_bundle_s_calibrated_probabilities(classifier):
+    """What the API makes of Triton's output (the booster's margins) is the bundle's predict_proba and
+    prediction sets, row for row."""
+    import numpy as np
+
+    from serving.service import ServedVersion
+
+    rng = np.random.default_rng(3)
+    matrix = np.abs(rng.normal(10, 5, (64, len(classifier.feature_names)))).astype(np.float32)
+    sv = ServedVersion.__new__(ServedVersion)  # what _uncertainty reads of a served version: bundle, calibration
+    sv.bundle, sv.calibration = classifier, classifier.calibration
+    margins = classifier.margins(matrix)
+    values, sets = PredictionService._uncertainty(sv, margins, matrix)
+    expected = classifier.predict_proba(matrix)
+    assert np.allclose(np.array(values), expected, atol=1e-12)
+    members = classifier.prediction_sets(margins, matrix)["0.9"]
+    assert [s["0.9"] for s in sets] == [[c for c, m in zip(classifier.classes, row, strict=True) if m]
+                                        for row in members]
+    wide = sum(len(s["0.9"]) > 1 for s in sets)
+    assert 0 < wide < len(sets)  # some rows are ambiguous at 0.9, not all
