@@ -66,6 +66,22 @@ def interval_columns(levels: list[str]) -> list[str]:
     return out
 
 
+def set_columns(levels: list[str]) -> list[str]:
+    """``["0.8", "0.9"]`` -> ``set_80, set_90`` (a classifier's prediction sets, classes joined by ``|``)."""
+    return [f"set_{f'{float(level) * 100:g}'.replace('.', '_')}" for level in levels]
+
+
+def output_columns(bundle: ModelBundle) -> list[tuple[str, str]]:
+    """The scored columns and their Spark types. Regression: ``prediction`` and the intervals' bounds.
+    Classification: ``prediction`` (the positive class's probability; for multi-class, the top class's),
+    ``predicted_class``, one ``probability_<class>`` per class and one ``set_<pct>`` per level."""
+    levels = [f"{level:g}" for level in bundle.calibration.levels]
+    if not bundle.is_classifier:
+        return [(PREDICTION, "double"), *[(c, "double") for c in interval_columns(levels)]]
+    return [(PREDICTION, "double"), ("predicted_class", "string"),
+            *[(f"probability_{c}", "double") for c in bundle.classes], *[(c, "string") for c in set_columns(levels)]]
+
+
 def interval_days(start: datetime, end: datetime) -> list[date]:
     """The days an interval [start, end) touches (a daily data interval gives one day)."""
     if start >= end:
@@ -219,10 +235,23 @@ def worker_bundle(key: str, files: Any, version: str, threads: int = 1, loads: A
 
 
 def predict_frame(features: pd.DataFrame, bundle: ModelBundle) -> pd.DataFrame:
-    """Prediction and calibrated intervals for a batch of feature rows (columns in any order)."""
+    """Prediction and calibrated intervals (a classifier: probabilities, class and prediction sets) for a
+    batch of feature rows (columns in any order)."""
+    import numpy as np
     import pandas as pd
 
     matrix = bundle.matrix(features)
+    if bundle.is_classifier:
+        margins = bundle.margins(matrix)
+        proba = bundle.predict_proba(margins=margins)
+        classes = np.asarray(bundle.classes, dtype=object)
+        columns: dict[str, Any] = {
+            PREDICTION: proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1),
+            "predicted_class": classes[proba.argmax(axis=1)],
+            **{f"probability_{c}": proba[:, k] for k, c in enumerate(bundle.classes)}}
+        for level, members in bundle.prediction_sets(margins, matrix).items():
+            columns[set_columns([level])[0]] = ["|".join(classes[row]) for row in members]
+        return pd.DataFrame(columns, index=features.index)
     predictions = bundle.predict(matrix)
     out = {PREDICTION: predictions}
     for level, (low, high) in bundle.intervals(predictions, matrix).items():
@@ -243,7 +272,7 @@ def score(spark: SparkSession, frame: DataFrame, bundle: ModelBundle, run_id: st
 
     import pandas as pd
     from pyspark.sql import functions as F  # noqa: N812
-    from pyspark.sql.types import DoubleType, StructField, StructType
+    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
     missing = [f for f in bundle.feature_names if f not in frame.columns]
     if missing:
@@ -253,8 +282,8 @@ def score(spark: SparkSession, frame: DataFrame, bundle: ModelBundle, run_id: st
     digest = hashlib.sha256(b"".join(files[n] for n in sorted(files))).hexdigest()[:12]
     key = f"{bundle.model_name}-{bundle.version}-{digest}"
     shipped = spark.sparkContext.broadcast(files)
-    levels = [f"{level:g}" for level in bundle.calibration.levels]
-    outputs = [PREDICTION, *interval_columns(levels)]
+    typed = output_columns(bundle)
+    outputs = [name for name, _ in typed]
     version = str(bundle.version)
 
     # Only module-level functions are referenced here: they are pickled by reference, so the workers use
@@ -266,10 +295,11 @@ def score(spark: SparkSession, frame: DataFrame, bundle: ModelBundle, run_id: st
 
     # Real (not string) annotations: Spark reads them to choose the iterator-of-batches UDF kind.
     predict_batches.__annotations__ = {"batches": Iterator[pd.DataFrame], "return": Iterator[pd.DataFrame]}
-    predict_udf = F.pandas_udf(predict_batches, StructType([StructField(c, DoubleType(), True) for c in outputs]))
+    spark_types = {"double": DoubleType(), "string": StringType()}
+    predict_udf = F.pandas_udf(predict_batches, StructType([StructField(c, spark_types[t], True) for c, t in typed]))
 
     scored = "__atelier_scored"
-    dropped = [c for c in frame.columns if c in (*outputs, *META_COLUMNS)]
+    dropped = [c for c in frame.columns if c in (*outputs, *META_COLUMNS)]  # a feature may not shadow an output
     result = frame.drop(*dropped).withColumn(scored, predict_udf(F.struct(*[F.col(f) for f in bundle.feature_names])))
     meta = {"model_name": bundle.model_name, "model_version": version, "run_id": run_id}
     return result.select(*[c for c in result.columns if c != scored], *[F.col(f"{scored}.{c}").alias(c) for c in outputs],
@@ -352,13 +382,15 @@ def interval_pairs(levels: list[str], prediction: str = PREDICTION) -> list[tupl
     return pairs
 
 
-def validate_output(frame: DataFrame, p: Plan, input_rows: int, levels: list[str], settings: Settings):
+def validate_output(frame: DataFrame, p: Plan, input_rows: int, levels: list[str], settings: Settings,
+                    intervals: bool = True):
     """Great Expectations on the staged predictions (suite ``expectations/predictions``, parameters filled
-    in). Returns the report; raises ``ValidationFailed`` (report saved) on a violation."""
+    in; a classifier's output, ``intervals`` false, has no intervals to nest). Returns the report; raises
+    ``ValidationFailed`` (report saved) on a violation."""
     from pipelines.quality.expectations import ValidationFailed, suite_with_params, validate_with_suites
 
     params: dict[str, Any] = {"input_rows": input_rows, "key": p.key, "partition": p.partition_column,
-                              "ordered": interval_pairs(levels)}
+                              "ordered": interval_pairs(levels) if intervals else []}
     report = validate_with_suites({p.table: (frame, suite_with_params(SUITE, params))}, p.run_id)
     folder = settings.home_path / "reports" / p.usecase / "batch_predict" / _safe(p.run_id)
     report.save(folder)
@@ -416,7 +448,7 @@ def run(spark: SparkSession, settings: Settings, usecase: UseCase, p: Plan, load
     counts = {str(r[0]): int(r[1]) for r in written.groupBy(p.partition_column).count().collect()}
     levels = [f"{level:g}" for level in bundle.calibration.levels]
     try:
-        report = validate_output(written, p, input_rows, levels, settings)
+        report = validate_output(written, p, input_rows, levels, settings, intervals=not bundle.is_classifier)
     except Exception:
         lake.discard_staging(p.table, p.run_id)
         raise

@@ -6,6 +6,7 @@ training config fails before any data is read, naming the key at fault.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
@@ -145,6 +146,10 @@ class ModelSpec(_Spec):
             return self
         if self.offset_feature:
             raise ValueError("offset_feature: regression only (a classifier's margin has no feature to add)")
+        bad = [c for c in self.classes if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", c)]
+        if bad:
+            raise ValueError(f"classes: {bad} are not names of letters, digits and _ (at most 64; they name "
+                             "batch columns such as probability_<class>)")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes: names repeat: {self.classes}")
         if self.task == "binary" and self.classes and len(self.classes) != 2:

@@ -161,6 +161,36 @@ def test_batch_prediction_equals_online_prediction_for_the_same_flight_and_featu
     assert len(sample) >= 30 and worst <= 1e-6
 
 
+def test_a_classifier_scores_probabilities_classes_and_sets_through_spark(spark, settings, usecase, lake, model,
+                                                                         tmp_path):
+    """A binary classifier's bundle scored by the batch job's Spark stage (the pandas UDF in the workers, its
+    string columns included): per flight, the bundle's own calibrated probabilities, most probable class and
+    conformal sets for the same feature row. Not published: the use case's table holds its regressor's."""
+    import numpy as np
+
+    from pipelines.featurestore.spec import load_feature_set
+    from tests.support.bundles import synthetic_bundle
+
+    features = load_feature_set(usecase)
+    bundle = synthetic_bundle(features, tmp_path / "classifier", rows=3_000, trees=10, depth=3, task="binary")
+    p = predict.plan(settings, usecase, START, END, "test-batch-classifier", version=model.version)
+    frame = predict.features_frame(spark, lake, features, p, predict.read_entities(spark, lake, p),
+                                   bundle.feature_defaults)
+    rows = [r.asDict() for r in predict.score(spark, frame, bundle, p.run_id).collect()]
+    assert len(rows) > 500
+    matrix = np.array([[np.nan if r[f] is None else r[f] for f in bundle.feature_names] for r in rows],
+                      dtype=np.float32)
+    proba = bundle.predict_proba(matrix)
+    sets = bundle.prediction_sets(bundle.margins(matrix), matrix)
+    assert np.allclose([r["prediction"] for r in rows], proba[:, 1], atol=1e-9)
+    assert np.allclose([r["probability_on_time"] for r in rows], proba[:, 0], atol=1e-9)
+    assert [r["predicted_class"] for r in rows] == [bundle.classes[k] for k in proba.argmax(axis=1)]
+    for level, column in (("0.8", "set_80"), ("0.9", "set_90")):
+        assert [r[column] for r in rows] == ["|".join(c for c, m in zip(bundle.classes, row, strict=True) if m)
+                                             for row in sets[level]]
+    assert 0 < sum(r["set_90"] == "on_time|late" for r in rows) < len(rows)
+
+
 def test_failed_validation_fails_the_run_and_keeps_the_published_days(spark, settings, usecase, lake, first_run,
                                                                        model, tmp_path):
     """A real model whose interval offsets are inverted (lower above upper) makes the output break the

@@ -229,3 +229,32 @@ def test_labels_outside_the_classes_are_refused_by_name():
         check_labels(spec, np.array([0, 1, 2]), "label 'y'")
     with pytest.raises(ValueError, match="missing labels"):
         check_labels(spec, np.array([0.0, np.nan]), "label 'y'")
+
+
+def test_batch_scoring_writes_a_classifier_s_probabilities_class_and_sets(booster, tmp_path):
+    """The batch job's per-batch scoring (``predict_frame``, run in each Spark worker) on a classifier: the
+    columns ``output_columns`` declares, equal to the bundle's own probabilities and sets."""
+    from pipelines.batch.predict import output_columns, predict_frame
+
+    calib_x, calib_y, _ = _data(3000, 10)
+    probability = ProbabilityCalibration.fit(_margins(booster, calib_x), calib_y, "isotonic")
+    sets = PredictionSets.fit(probabilities(_margins(booster, calib_x)), calib_y, [0.8, 0.9])
+    bundle = ModelBundle("churn", "churn", "churned", ["x1", "x2"], {}, sets, {}, LogisticFallback((0.0,), {}),
+                         "hash", task="binary", classes=["stays", "churns"], probability=probability)
+    bundle.save(tmp_path / "bundle", booster=booster)
+    rows, _, _ = _data(500, 11)
+    out = predict_frame(rows[["x2", "x1"]], bundle)  # columns in any order
+    assert [c for c, _ in output_columns(bundle)] == list(out.columns) == [
+        "prediction", "predicted_class", "probability_stays", "probability_churns", "set_80", "set_90"]
+    proba = bundle.predict_proba(bundle.matrix(rows))
+    assert np.allclose(out["prediction"], proba[:, 1]) and np.allclose(out["probability_stays"], proba[:, 0])
+    assert (out["predicted_class"] == np.where(proba[:, 1] > proba[:, 0], "churns", "stays")).all()
+    assert set(out["set_90"]) <= {"stays", "churns", "stays|churns"} and (out["set_90"] == "stays|churns").any()
+    assert all(c in s.split("|") for c, s in zip(out["predicted_class"], out["set_80"], strict=True))
+
+
+def test_class_names_that_cannot_name_a_column_are_refused():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="are not names of letters, digits and _"):
+        ModelSpec.model_validate({**SPEC, "objective": "binary:logistic", "classes": ["on time", "late"]})
