@@ -539,6 +539,28 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from None
 
 
+def training_summary(metrics: dict[str, float]) -> str:
+    """One line of a training run's holdout figures, from whatever it logged: the objective's main metric
+    against each baseline, then the coverage of each level's intervals (regression) or prediction sets
+    (classification)."""
+    classifier = "log_loss" in metrics
+    main = ["auc", "log_loss"] if classifier else ["mae"]
+    baselines = sorted({k.removeprefix("baseline_").rsplit(f"_{main[-1]}", 1)[0] for k in metrics
+                        if k.startswith("baseline_") and k.endswith(f"_{main[-1]}")})
+    head = ", ".join(f"{m} {metrics[m]:.3f}" for m in main if m in metrics)
+    against = "; ".join(f"{b} " + ", ".join(f"{m} {metrics[f'baseline_{b}_{m}']:.3f}" for m in main
+                                            if f"baseline_{b}_{m}" in metrics) for b in baselines)
+    levels = sorted(int(k.removeprefix("coverage_")) for k in metrics
+                    if k.startswith("coverage_") and k.removeprefix("coverage_").isdigit())
+    width = "set_size" if classifier else "interval_width"
+    cover = ", ".join(f"{pct}% -> {metrics[f'coverage_{pct}']:.3f}"
+                      + (f" (mean {width.replace('_', ' ')} {metrics[f'{width}_{pct}']:.2f})"
+                         if f"{width}_{pct}" in metrics else "") for pct in levels)
+    kind = "prediction-set" if classifier else "interval"
+    return (f"holdout {head}" + (f" (baselines: {against})" if against else "")
+            + (f"; {kind} coverage {cover}" if cover else ""))
+
+
 def _print_training(settings: Settings, usecase) -> None:
     from pipelines.models.registry import client
     from pipelines.training.pipeline import experiment_name
@@ -550,10 +572,7 @@ def _print_training(settings: Settings, usecase) -> None:
     if not runs:
         print("  no finished training run")
         return
-    m = runs[0].data.metrics
-    print(f"  holdout MAE {m['mae']:.2f} min (baselines: departure delay {m['baseline_departure_delay_mae']:.2f}, "
-          f"route mean {m['baseline_route_mean_mae']:.2f}); interval coverage 80% -> {m['coverage_80']:.3f}, "
-          f"90% -> {m['coverage_90']:.3f}")
+    print(f"  {training_summary(runs[0].data.metrics)}")
     cmd_models(settings, argparse.Namespace(action="list", model=None, usecase=usecase.name))
     report = settings.home_path / "reports" / usecase.name / "training"
     latest = sorted(report.glob("*/report.html"), key=lambda p: p.stat().st_mtime)

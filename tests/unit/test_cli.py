@@ -69,3 +69,19 @@ def test_cluster_profile_manages_no_local_services():
     out = atelier("--profile", "cluster", "services", "status")
     assert out.returncode == 0, out.stderr
     assert "manages no local services" in out.stdout
+
+
+def test_the_training_summary_reads_whatever_the_run_logged():
+    from pipelines.cli import training_summary
+
+    regression = {"mae": 8.4, "baseline_departure_delay_mae": 11.2, "baseline_route_mean_mae": 30.1,
+                  "coverage_80": 0.81, "coverage_90": 0.9, "interval_width_80": 25.0, "interval_width_90": 33.0}
+    assert training_summary(regression) == (
+        "holdout mae 8.400 (baselines: departure_delay mae 11.200; route_mean mae 30.100); interval coverage "
+        "80% -> 0.810 (mean interval width 25.00), 90% -> 0.900 (mean interval width 33.00)")
+    classifier = {"auc": 0.91, "log_loss": 0.31, "baseline_prior_auc": 0.5, "baseline_prior_log_loss": 0.55,
+                  "baseline_last_year_log_loss": 0.6, "baseline_last_year_auc": 0.8, "coverage_90": 0.91,
+                  "set_size_90": 1.2}
+    assert training_summary(classifier) == (
+        "holdout auc 0.910, log_loss 0.310 (baselines: last_year auc 0.800, log_loss 0.600; prior auc 0.500, "
+        "log_loss 0.550); prediction-set coverage 90% -> 0.910 (mean set size 1.20)")
