@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -64,16 +64,21 @@ class TimezoneSpec(_Spec):
     fallback: dict[str, str] = Field(default_factory=dict)
 
 
+# A date part or an hhmm clock time: a column of the table, or a constant (``[year, 1, 1]``: January 1 of the
+# row's year, for sources that record only a year).
+Part = Annotated[int, Field(ge=0, le=9999)] | str
+
+
 class LocalTimeSpec(_Spec):
-    date: tuple[str, str, str]
-    hhmm: str
+    date: tuple[Part, Part, Part]
+    hhmm: Part
 
 
 class Derivation(_Spec):
     """Exactly one of the fields below (plus the modifiers of local_time)."""
 
     utc_timestamp: str | None = None
-    date_parts: tuple[str, str, str] | None = None
+    date_parts: tuple[Part, Part, Part] | None = None
     local_time: LocalTimeSpec | None = None
     timezone: str | TimezoneSpec | None = None
     not_before: str | None = None
@@ -104,9 +109,9 @@ class Derivation(_Spec):
         if self.utc_timestamp:
             return [self.utc_timestamp]
         if self.date_parts:
-            return list(self.date_parts)
+            return [c for c in self.date_parts if isinstance(c, str)]
         if self.local_time:
-            cols = [*self.local_time.date, self.local_time.hhmm]
+            cols = [c for c in (*self.local_time.date, self.local_time.hhmm) if isinstance(c, str)]
             if isinstance(self.timezone, TimezoneSpec):
                 cols.append(self.timezone.lookup.match)
             if self.not_before:

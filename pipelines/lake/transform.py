@@ -107,13 +107,20 @@ def apply_schema(name: str, raw: DataFrame, spec: TableSpec) -> DataFrame:
     return typed
 
 
+def _part(value: str | int) -> Column:
+    """A date part or clock time: a column, or a constant."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    return F.lit(value) if isinstance(value, int) else F.col(value)
+
+
 def _local_time(df: DataFrame, deriv: Derivation, lookups: dict[str, DataFrame], out: str) -> DataFrame:
     from pyspark.sql import functions as F  # noqa: N812
 
     spec = deriv.local_time
     assert spec is not None
-    year, month, day = (F.col(c) for c in spec.date)
-    hhmm = F.col(spec.hhmm)
+    year, month, day = (_part(c) for c in spec.date)
+    hhmm = _part(spec.hhmm)
     minutes = F.floor(hhmm / 100) * 60 + (hhmm % 100)  # hhmm may be 2400: midnight of the next day
     wall_clock = F.timestamp_add("MINUTE", minutes, F.make_timestamp(year, month, day, F.lit(0), F.lit(0), F.lit(0)))
     tz_col = f"__tz_{out}"
@@ -142,7 +149,7 @@ def derive_column(deriv: Derivation) -> Column:
     if deriv.utc_timestamp:
         return F.try_to_timestamp(F.col(deriv.utc_timestamp), F.lit("yyyy-MM-dd'T'HH:mm:ssX"))
     if deriv.date_parts:
-        y, m, d = (F.col(c) for c in deriv.date_parts)
+        y, m, d = (_part(c) for c in deriv.date_parts)
         return F.make_date(y, m, d)
     if deriv.add_minutes:
         base, minutes = deriv.add_minutes

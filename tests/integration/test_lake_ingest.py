@@ -3,7 +3,7 @@ corrupt input that must never reach the published tables."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -71,6 +71,21 @@ def test_local_times_become_utc(flights):
     aligned = got.reindex(src_ids.values)
     assert aligned.notna().all()
     assert (aligned.values == expected.values).all()
+
+
+def test_constant_date_parts_and_clock_times(spark):
+    """A year-only source: each row's January 1 (a date) and its year end (a UTC instant), from constants."""
+    from pipelines.lake.transform import derive
+    from pipelines.usecases import TableSpec
+
+    spec = TableSpec.model_validate({
+        "source": {"kind": "python", "object": "module:frame"}, "key": ["year"], "columns": {"year": "int"},
+        "derive": {"start": {"date_parts": ["year", 1, 1]},
+                   "known_at": {"local_time": {"date": ["year", 12, 31], "hhmm": 2359}, "timezone": "UTC"}}})
+    rows = derive(spark.createDataFrame([(1980,), (1987,)], "year int"), spec, {}).orderBy("year").collect()
+    assert [(r.start, r.known_at.replace(tzinfo=UTC)) for r in rows] == [
+        (date(1980, 1, 1), datetime(1980, 12, 31, 23, 59, tzinfo=UTC)),
+        (date(1987, 1, 1), datetime(1987, 12, 31, 23, 59, tzinfo=UTC))]
 
 
 @pytest.mark.parametrize(("day", "hhmm", "utc"), [
