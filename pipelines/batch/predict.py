@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.featurestore.offline import EVENT_DATE, EVENT_TIME, feature_table_name
-from pipelines.featurestore.spec import FeatureSet, load_feature_set
+from pipelines.featurestore.spec import FeatureSet, FeatureView, load_feature_set
 from pipelines.lake.tables import Lake, TableNotFound
 
 if TYPE_CHECKING:
@@ -185,14 +185,27 @@ def check_feature_coverage(lake: Lake, features: FeatureSet, start: datetime, en
             continue
         window_first = max((start - ttl).date(), min(dates))
         window_last = min((end - timedelta(microseconds=1)).date(), max(dates))
-        missing = [window_first + timedelta(days=i) for i in range((window_last - window_first).days + 1)
-                   if window_first + timedelta(days=i) not in dates]
+        # A day is missing when the view's source has events on it and the feature table has none: a source
+        # with events on few days (a yearly panel) has few partitions, and that is no gap.
+        missing = sorted(source_event_days(lake, view, window_first, window_last) - dates)
         if missing:
             shown = ", ".join(d.isoformat() for d in missing[:5]) + (" ..." if len(missing) > 5 else "")
             problems.append(f"offline feature table '{name}' lacks {EVENT_DATE} partition(s) {shown} "
                             f"inside the interval's feature window")
     if problems:
         raise BatchPredictError("missing feature partitions:\n  " + "\n  ".join(problems))
+
+
+def source_event_days(lake: Lake, view: FeatureView, first: date, last: date) -> set[date]:
+    """The UTC days in [first, last] on which the view's source table has events (its ``event_time``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    times = ds.dataset(lake.path(view.source), format="parquet", partitioning="hive").to_table(
+        columns=[view.event_time]).column(0)
+    days = pc.unique(pc.cast(pc.drop_null(times), pa.date32())).to_pylist()
+    return {d for d in days if first <= d <= last}
 
 
 # ------------------------------------------------------------------------------------------ scoring

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -230,8 +231,23 @@ def features():
     return load_feature_set(load_usecase(REPO / "config" / "usecases" / "flights_eta"))
 
 
+def source_tables(lake: Lake, features, days: list[str]) -> None:
+    """Each batch view's source table with one event at noon UTC on each of ``days``."""
+    import pandas as pd
+
+    for source, column in {view.source: view.event_time for view in features.batch_views}.items():
+        staged = lake.staging_path(source, "r")
+        staged.mkdir(parents=True)
+        times = pd.to_datetime([f"{d}T12:00:00Z" for d in days], utc=True)
+        pd.DataFrame({column: times}).to_parquet(staged / "part-0.parquet")
+        lake.write_manifest(staged, rows=len(days), columns=[column], partition_by=[], run_id="r")
+        lake.publish(source, "r")
+
+
 def feature_lake(root: Path, features, last: str, skip: tuple[str, ...] = (), absent: str | None = None) -> Lake:
     lake = Lake(root)
+    year = pd_days("2013-01-01", "2013-12-31")
+    source_tables(lake, features, year)
     for view in features.batch_views:
         name = f"features__{features.usecase}__{view.name}"
         if view.name == absent:
@@ -245,6 +261,32 @@ def feature_lake(root: Path, features, last: str, skip: tuple[str, ...] = (), ab
         lake.write_manifest(staged, rows=1, columns=["x"], partition_by=["event_date"], run_id="r")
         lake.publish(name, "r")
     return lake
+
+
+def pd_days(first: str, last: str) -> list[str]:
+    import pandas as pd
+
+    return [d.date().isoformat() for d in pd.date_range(first, last, freq="D")]
+
+
+def test_a_source_with_events_on_few_days_has_no_gaps(tmp_path, features):
+    """A yearly panel: feature partitions only on its event days, and that is complete."""
+    lake = Lake(tmp_path / "sparse")
+    event_days = ["2012-12-31", "2013-05-20", "2013-06-01"]
+    source_tables(lake, features, event_days)
+    for view in features.batch_views:
+        name = f"features__{features.usecase}__{view.name}"
+        staged = lake.staging_path(name, "r")
+        for day in event_days:
+            (staged / f"event_date={day}").mkdir(parents=True)
+        lake.write_manifest(staged, rows=1, columns=["x"], partition_by=["event_date"], run_id="r")
+        lake.publish(name, "r")
+    june2, june3 = datetime(2013, 6, 2, tzinfo=UTC), datetime(2013, 6, 3, tzinfo=UTC)
+    check_feature_coverage(lake, features, june2, june3)
+    # A day the source has events on, inside route_stats' 30-day window, gone from its feature table.
+    shutil.rmtree(Path(lake.path(f"features__{features.usecase}__route_stats")) / "event_date=2013-05-20")
+    with pytest.raises(BatchPredictError, match=r"route_stats' lacks event_date partition\(s\) 2013-05-20"):
+        check_feature_coverage(lake, features, june2, june3)
 
 
 def test_feature_coverage(tmp_path, features):
