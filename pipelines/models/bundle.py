@@ -244,7 +244,8 @@ class ModelBundle:
         if sets.segment_feature and matrix is not None:
             segments = matrix[:, self.feature_names.index(sets.segment_feature)]
         scores = probabilities(margins)
-        return {_level_key(level): sets.members(scores, level, segments) for level in sets.levels}
+        predicted = self.predict_proba(margins=margins).argmax(axis=1) if self.probability is not None else None
+        return {_level_key(level): sets.members(scores, level, segments, predicted) for level in sets.levels}
 
     def add_offset(self, raw: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         """The booster's raw output (sum of trees) -> the prediction: plus the offset feature, if any."""

@@ -180,8 +180,11 @@ class PredictionSets:
         return cls(tuple(float(x) for x in levels), thresholds(scores), segment_feature if per_segment else None,
                    per_segment, int(y.size))
 
-    def members(self, proba: np.ndarray, level: float, segments: np.ndarray | None = None) -> np.ndarray:
-        """``(n, K)`` booleans: which classes are in each row's set at ``level``."""
+    def members(self, proba: np.ndarray, level: float, segments: np.ndarray | None = None,
+                predicted: np.ndarray | None = None) -> np.ndarray:
+        """``(n, K)`` booleans: which classes are in each row's set at ``level``. ``predicted``: each row's
+        answered class (the calibrated probabilities' argmax), always in its set too (calibration can move
+        the argmax near a tie: an answer's class is never outside its own set)."""
         key = _level_key(level)
         if key not in self.thresholds:
             raise KeyError(f"no prediction sets for level {level} (calibrated: {', '.join(self.thresholds)})")
@@ -195,6 +198,8 @@ class PredictionSets:
                     threshold[inverse == j] = seg[key]
         member = proba >= threshold[:, None]
         member[np.arange(proba.shape[0]), proba.argmax(axis=1)] = True
+        if predicted is not None:
+            member[np.arange(proba.shape[0]), np.asarray(predicted, dtype=np.int64)] = True
         return member
 
     def to_dict(self) -> dict[str, Any]:

@@ -360,7 +360,7 @@ def _evaluate_classification(spec: ModelSpec, best: TrainedModel, train: pd.Data
     members = {}
     seg_hold = holdout[seg].to_numpy() if seg else None
     for level in sets.levels:
-        members[level] = sets.members(probabilities(m_hold), level, seg_hold)
+        members[level] = sets.members(probabilities(m_hold), level, seg_hold, p_hold.argmax(axis=1))
         pct = round(level * 100)
         metrics[f"coverage_{pct}"], metrics[f"set_size_{pct}"] = set_metrics(y_hold, members[level])
     fallback = LogisticFallback.fit(train, spec.fallback_features, y_train, k)

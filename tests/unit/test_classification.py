@@ -253,6 +253,25 @@ def test_batch_scoring_writes_a_classifier_s_probabilities_class_and_sets(booste
     assert all(c in s.split("|") for c, s in zip(out["predicted_class"], out["set_80"], strict=True))
 
 
+def test_the_answered_class_is_in_every_prediction_set(booster, tmp_path):
+    """Calibration can move the most probable class away from the raw scores' (the sets' scores): the class
+    an answer gives is in each of its sets all the same."""
+    calib_x, calib_y, _ = _data(3000, 10)
+    margins = _margins(booster, calib_x)
+    # Rows the raw model calls 'stays' but that mostly churn: calibrated, they become 'churns'.
+    probability = ProbabilityCalibration.fit(margins, (margins > -2.0).astype(int), "isotonic")
+    sets = PredictionSets.fit(probabilities(margins), calib_y, [0.8])
+    bundle = ModelBundle("churn", "churn", "churned", ["x1", "x2"], {}, sets, {}, LogisticFallback((0.0,), {}),
+                         "hash", task="binary", classes=["stays", "churns"], probability=probability)
+    bundle.save(tmp_path / "bundle", booster=booster)
+    rows, _, _ = _data(500, 11)
+    m = bundle.margins(bundle.matrix(rows))
+    answered = bundle.predict_proba(margins=m).argmax(axis=1)
+    assert (answered != probabilities(m).argmax(axis=1)).sum() > 10  # the case arises
+    members = bundle.prediction_sets(m)["0.8"]
+    assert members[np.arange(len(rows)), answered].all()
+
+
 def test_class_names_that_cannot_name_a_column_are_refused():
     from pydantic import ValidationError
 
