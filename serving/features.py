@@ -40,6 +40,12 @@ class ViewPlan:
     # (feature name, default, sla seconds or None, on_stale)
     features: tuple[tuple[str, Any, float | None, str], ...]
     min_sla_s: float | None
+    key_types: tuple[str, ...] = ()
+
+    def probe_key(self) -> tuple[Any, ...]:
+        """A key of the keys' own types that no entity has (the store's readiness probe)."""
+        types = self.key_types or ("string",) * len(self.keys)
+        return tuple(-1 if t in ("int", "bigint") else "__probe__" for t in types)
 
 
 @dataclass
@@ -70,7 +76,7 @@ class FeatureResolver:
                            f.on_stale) for f in view.features)
             slas = [p[2] for p in plans if p[2] is not None]
             self.views.append(ViewPlan(view.name, online_view_name(features.usecase, view.name), view.keys, plans,
-                                       min(slas) if slas else None))
+                                       min(slas) if slas else None, tuple(view.key_types)))
         self.request_features = [(f.name, compile_python(f.expr), defaults.get(f.name))
                                  for v in features.request_views for f in v.features]
         self.feature_names = [f for v in self.views for f, *_ in v.features] + [n for n, _, _ in self.request_features]

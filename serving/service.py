@@ -405,7 +405,7 @@ class PredictionService:
         if view is None:
             self.store_ready = True
             return
-        probe = {view.online_name: [tuple("__probe__" for _ in view.keys)]}
+        probe = {view.online_name: [view.probe_key()]}
         try:
             await self._read(probe, datetime.now(UTC), 2.0)
             self.store_ready = True

@@ -256,3 +256,11 @@ def test_export_writes_both_flavours(tmp_path, features):
     bundle.version = None
     with pytest.raises(ValueError, match="registry's version"):
         export_python_model(bundle, tmp_path / "repo")
+
+
+def test_the_store_probe_uses_each_view_s_key_types(features):
+    """The readiness probe reads a key no entity has, of the key's own type: a string for a tail number, an
+    integer for the union panel's worker number (a string there failed every probe: the API never got ready)."""
+    union = load_feature_set(get_usecase("union_membership", load_settings("test", environ={}).usecases_path))
+    assert FeatureResolver(union).views[0].probe_key() == (-1,)
+    assert {v.name: v.probe_key() for v in FeatureResolver(features).views}["route_stats"] == ("__probe__", "__probe__")
