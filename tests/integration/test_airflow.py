@@ -78,6 +78,11 @@ def test_features_materialize_through_airflow(client, settings, usecase):
     states = {(t["task_id"], t["map_index"]): t["state"] for t in tasks}
     index = covered.index(usecase.name)
     assert states[("materialize", index)] == "success" and states[("skew_check", index)] == "success", states
+    # The other use cases have no data in these days (or no lake yet): their indexes end skipped, not failed,
+    # and the run still succeeds.
+    for other, name in enumerate(covered):
+        if name != usecase.name:
+            assert states[("materialize", other)] == "skipped", (name, states)
     with get_online_store(settings) as store:
         rows = store.read(online_view_name(usecase.name, "origin_weather"), [("JFK",), ("EWR",), ("LGA",)],
                           now=datetime(2013, 12, 31, tzinfo=UTC))

@@ -30,7 +30,7 @@ def test_config_prints_effective_settings():
     (["config"], {"ATELIER__CASSANDRA__PORT": "notaport"}, "cassandra.port"),
     (["config"], {"ATELIER__SPARK__BOGUS": "1"}, "spark.bogus: unknown key"),
     (["services", "status", "nosuchservice"], {}, "unknown service 'nosuchservice'"),
-    (["lake", "show", "--usecase", "nosuchusecase"], {}, "unknown use case 'nosuchusecase' (known: flights_eta)"),
+    (["lake", "show", "--usecase", "nosuchusecase"], {}, "unknown use case 'nosuchusecase' (known: flights_eta, union_membership)"),
     (["dags", "trigger", "lake_ingest", "--conf", "{not json"], {}, "--conf is not valid JSON"),
     (["replay", "--from", "2013-12-24", "--to", "2013-12-20"], {}, "--to 2013-12-20 is before --from 2013-12-24"),
     (["replay", "--from", "yesterday", "--to", "2013-12-20"], {}, "--from: 'yesterday' is not an ISO date"),

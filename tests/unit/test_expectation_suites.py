@@ -1,7 +1,7 @@
 """Expectation suites kept as data (``expectations/*/suite.yaml``, ``pipelines/quality/expectations.py``).
 
 Static checks, no Spark and no Great Expectations import: every shipped suite loads, is used by the table of
-the same name in flights_eta's ``sources.yaml``, names only columns that table outputs, and references
+the same name in a shipped use case's ``sources.yaml``, names only columns that table outputs, and references
 (``$ref: table.column``) only columns of tables validated in the same run. Malformed suites fail with the
 path; the text report of a failure names what failed and how.
 """
@@ -33,12 +33,16 @@ REPO = Path(__file__).resolve().parents[2]
 OUTPUT_SUITES = ["feedback", "online_metrics", "outcomes", "predictions", "served"]
 SUITES = sorted(p.parent.name for p in (REPO / "expectations").glob("*/suite.yaml")
                 if p.parent.name not in OUTPUT_SUITES)
-FLIGHTS_ETA = REPO / "config" / "usecases" / "flights_eta"
+USECASES = REPO / "config" / "usecases"
 
 
 @pytest.fixture(scope="module")
 def tables():
-    return load_usecase(FLIGHTS_ETA).tables
+    """Every shipped use case's lake tables (a table name is one lake table whichever use case declares it)."""
+    out = {}
+    for folder in sorted(p.parent for p in USECASES.glob("*/usecase.yaml")):
+        out.update(load_usecase(folder).tables)
+    return out
 
 
 def column_kwargs(kwargs: dict[str, Any]) -> list[str]:
@@ -52,7 +56,7 @@ def column_kwargs(kwargs: dict[str, Any]) -> list[str]:
 
 def test_expectations_dir_is_the_repo_folder():
     assert EXPECTATIONS_DIR == REPO / "expectations"
-    assert SUITES == ["airlines", "airports", "flights", "planes", "weather"]
+    assert SUITES == ["airlines", "airports", "flights", "planes", "wagepan", "weather"]
     # No stray folders without a suite.
     assert sorted(p.name for p in EXPECTATIONS_DIR.iterdir() if p.is_dir()) == sorted(SUITES + OUTPUT_SUITES)
 
@@ -88,7 +92,7 @@ def test_refs_name_output_columns_of_validated_tables(name, tables):
     for ref in references(load_suite(name)):
         table, sep, column = ref.partition(".")
         assert sep and table and column, ref
-        assert table in tables, f"{name}: $ref {ref} names no table of flights_eta"
+        assert table in tables, f"{name}: $ref {ref} names no table of a shipped use case"
         assert column in tables[table].output_columns, f"{name}: $ref {ref} names no column of {table}"
         # validate_frames only resolves references to tables that are validated in the same run.
         assert tables[table].expectations, f"{name}: $ref {ref} names a table without a suite"

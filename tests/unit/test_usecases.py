@@ -124,7 +124,7 @@ def test_partitioning_keys_and_output_columns(usecase):
 
 
 def test_get_usecase_and_list(usecase):
-    assert list_usecases(USECASES) == ["flights_eta"]
+    assert list_usecases(USECASES) == ["flights_eta", "union_membership"]
     assert get_usecase("flights_eta", USECASES) == usecase
 
 
@@ -152,6 +152,25 @@ def test_derivation_may_only_read_columns_derived_before_it(folder):
     edit_sources(folder, change)
     msg = spec_error(folder)
     assert "tables.flights.derive.sched_dep_date" in msg and "'flight_id'" in msg
+
+
+def test_date_parts_may_be_constants(folder):
+    """A source that records only a year: January 1 of it is ``[year, 1, 1]``; constants are not columns."""
+    def change(d):
+        derive = d["tables"]["flights"]["derive"]
+        derive["year_start"] = {"date_parts": ["year", 1, 1]}
+        derive["year_end_ts"] = {"local_time": {"date": ["year", 12, 31], "hhmm": 2359}, "timezone": "UTC"}
+
+    edit_sources(folder, change)
+    derive = load_usecase(folder).sources.tables["flights"].derive
+    assert derive["year_start"].date_parts == ("year", 1, 1)
+    assert derive["year_start"].inputs() == ["year"]
+    assert derive["year_end_ts"].inputs() == ["year"]
+
+
+def test_a_constant_date_part_out_of_range_is_named(folder):
+    edit_sources(folder, lambda d: d["tables"]["flights"]["derive"].update(year_start={"date_parts": ["year", -1, 1]}))
+    assert "tables.flights.derive.year_start.date_parts.1" in spec_error(folder)
 
 
 def test_lookup_match_column_and_not_before_are_checked(folder):
@@ -360,7 +379,7 @@ def test_missing_folder(tmp_path):
 def test_unknown_usecase_lists_the_known_ones():
     with pytest.raises(SpecError) as info:
         get_usecase("flight_eta", USECASES)
-    assert "unknown use case 'flight_eta'" in str(info.value) and "known: flights_eta" in str(info.value)
+    assert "unknown use case 'flight_eta'" in str(info.value) and "known: flights_eta, union_membership" in str(info.value)
 
 
 def test_known_usecases_come_from_folders_with_a_usecase_file(folder):
@@ -411,3 +430,20 @@ def test_a_file_source_that_does_not_exist_names_the_spec_key_before_spark(folde
         read_source(None, "airlines", spec)  # no Spark session needed: refused before it is used
     with pytest.raises(SourceError, match=r"the --source path '/nowhere/x\.csv' does not exist"):
         read_source(None, "airlines", spec, path_override="/nowhere/x.csv")
+
+
+def test_the_second_use_case_is_spec_files_only():
+    """union_membership: another data set (a package's panel), entity, grain and objective; every file it has
+    loads and validates against the others (its rules name metrics its classifier logs)."""
+    from pipelines.featurestore.spec import load_feature_set
+    from pipelines.training.preflight import promotion_rules
+    from pipelines.training.spec import load_model_spec
+
+    uc = get_usecase("union_membership", USECASES)
+    assert uc.sources.tables["wagepan"].source.args == ["wagepan"]
+    features = load_feature_set(uc)
+    assert [v.entity for v in features.batch_views] == ["worker"] and features.label.column == "union"
+    spec = load_model_spec(uc, None, features.feature_names, features.key_columns)
+    assert spec.task == "binary" and spec.class_names == ["non_member", "member"]
+    assert [r.target_stage for r in promotion_rules(uc, spec)] == ["staging", "production"]
+    assert {"feedback", "monitoring"}.isdisjoint(uc.extra)  # the loop it runs stops at the online API
