@@ -3,13 +3,15 @@ sets and the degraded-mode fallback. All work from the booster's **margins** (th
 Triton returns), so every runtime computes the same probabilities.
 
 - :class:`ProbabilityCalibration` maps margins to calibrated probabilities: ``isotonic`` (binary: the
-  sigmoid of the margin through an isotonic map fitted on validation), ``sigmoid`` (binary: Platt scaling,
+  sigmoid of the margin through an isotonic map fitted on validation, its pure end steps held off 0 and 1 by
+  their Laplace estimate), ``sigmoid`` (binary: Platt scaling,
   a logistic fit of the margin), ``temperature`` (multi-class: the softmax of the margins over one fitted
   temperature) or ``none`` (the plain sigmoid / softmax).
 - :class:`PredictionSets` is split-conformal classification (the "least ambiguous set" score,
   ``1 - p(true class)``): per level, the classes whose probability is at least ``1 - q``, where ``q`` is the
   ``ceil((n + 1) level) / n`` quantile of the scores on the calibration rows. The top class is always in the
-  set (a set is never empty), so coverage is at least the level on exchangeable data. With a segment feature
+  set (a set is never empty), and so is the class an answer gives (the calibrated probabilities' argmax,
+  which calibration can move near a tie), so coverage is at least the level on exchangeable data. With a segment feature
   the thresholds are per segment value (Mondrian conformal), the global ones elsewhere. The scores are the
   model's **uncalibrated** probabilities (:func:`probabilities` of the margins): they are continuous, where an
   isotonic map's steps tie many rows at the threshold and make the sets cover well above their level (0.89
@@ -93,9 +95,17 @@ class ProbabilityCalibration:
         if method == "isotonic":
             from sklearn.isotonic import IsotonicRegression
 
-            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(_sigmoid(m), y)
-            return cls("isotonic", tuple(map(float, iso.X_thresholds_)), tuple(map(float, iso.y_thresholds_)),
-                       rows=int(y.size))
+            scores = _sigmoid(m)
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, y)
+            # The lowest and highest steps are often pure (every validation row there a 0, or a 1): a step at
+            # exactly 0 or 1 makes a later miss cost a log loss of 34. Those two steps take their rows'
+            # Laplace estimate (k + 1) / (n + 2) as a floor and ceiling, which keeps the map monotone.
+            fitted = iso.predict(scores)
+            low, high = fitted == fitted.min(), fitted == fitted.max()
+            floor = (y[low].sum() + 1.0) / (low.sum() + 2.0)
+            ceiling = (y[high].sum() + 1.0) / (high.sum() + 2.0)
+            knots = np.clip(iso.y_thresholds_, min(floor, ceiling), max(floor, ceiling))
+            return cls("isotonic", tuple(map(float, iso.X_thresholds_)), tuple(map(float, knots)), rows=int(y.size))
         if method == "sigmoid":
             from sklearn.linear_model import LogisticRegression
 

@@ -277,3 +277,18 @@ def test_class_names_that_cannot_name_a_column_are_refused():
 
     with pytest.raises(ValidationError, match="are not names of letters, digits and _"):
         ModelSpec.model_validate({**SPEC, "objective": "binary:logistic", "classes": ["on time", "late"]})
+
+
+def test_isotonic_probabilities_stay_off_zero_and_one():
+    """Validation rows whose lowest scores are all negatives (and highest all positives) give pure end steps;
+    the map holds them at the Laplace estimate of their rows, so one later miss costs a bounded log loss."""
+    rng = np.random.default_rng(3)
+    margins = rng.normal(0, 2, 2000)
+    labels = (rng.random(2000) < 1 / (1 + np.exp(-margins))).astype(int)
+    labels[margins < -3.0], labels[margins > 3.0] = 0, 1  # pure ends
+    calibration = ProbabilityCalibration.fit(margins, labels, "isotonic")
+    p = calibration.apply(np.array([-9.0, 0.0, 9.0]))[:, 1]
+    # The pure end steps hold well over 100 rows each: 1 / (n + 2) below 1%, never 0.
+    assert 0 < p[0] < 0.01 and 0.99 < p[2] < 1
+    assert 1 / p[0] == pytest.approx(round(1 / p[0])) and 1 / (1 - p[2]) == pytest.approx(round(1 / (1 - p[2])))
+    assert np.all(np.diff(calibration.apply(np.linspace(-9, 9, 200))[:, 1]) >= 0)  # still monotone
