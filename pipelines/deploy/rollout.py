@@ -237,6 +237,11 @@ def deploy(settings: Settings, usecase: str, version: str | int, *, strategy: st
         if primary == version and table is not None and len(table.routes) == 1:
             ro.step("check", "pass", f"v{version} already serves all traffic")
             return ro.finish("unchanged", f"v{version} already serves all traffic")
+        if chosen != "direct" and _is_classifier(uc):
+            reason = (f"{chosen} for a classifier is planned: the canary judge, shadow and A/B compare regression "
+                      "errors; deploy it with strategy direct")
+            ro.step("check", "fail", reason)
+            return ro.finish("refused", reason)
         if table is not None:
             # A version left half-way by an interrupted rollout stops serving before this one starts.
             stray = [r for r in table.routes if r.role != "primary" and r.version != version]
@@ -245,6 +250,15 @@ def deploy(settings: Settings, usecase: str, version: str | int, *, strategy: st
         return _run(ro, table, runtime or settings.deploy.runtime, model_source, artifact)
     finally:
         lock.release()
+
+
+def _is_classifier(uc: Any) -> bool:
+    from pipelines.training.spec import load_model_spec
+
+    try:
+        return load_model_spec(uc).task != "regression"
+    except Exception:  # noqa: BLE001 - no or a broken model.yaml: packaging names the problem
+        return False
 
 
 def _prepare(ro: _Rollout, runtime: str, model_source: str | None, given: Path | None) -> bool:
