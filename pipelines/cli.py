@@ -198,6 +198,26 @@ def demo_window(settings: Settings, usecase) -> tuple[str, str]:
     return (end - timedelta(days=DEMO_DAYS)).isoformat(), end.isoformat()
 
 
+def demo_clock(settings: Settings, window: tuple[str, str]):  # noqa: ANN201 - datetime
+    """The clock the demo's online steps run on: its window's end (midnight UTC); for the flights use case
+    that is ``api.as_of``, another use case's data may end years away from it (sent as X-Atelier-As-Of)."""
+    from datetime import UTC, datetime
+
+    end = datetime.fromisoformat(window[1]).replace(tzinfo=UTC)
+    if settings.api.as_of is not None and end.date() == settings.api.as_of.date():
+        return settings.api.as_of
+    return end
+
+
+def _is_classifier(usecase) -> bool:
+    from pipelines.training.spec import load_model_spec
+
+    try:
+        return load_model_spec(usecase).task != "regression"
+    except Exception:  # noqa: BLE001 - no model.yaml: the training step has said so
+        return False
+
+
 def _print_online_sample(settings: Settings, usecase, window: tuple[str, str]) -> None:
     from pipelines.featurestore.materialize import online_view_name
     from pipelines.featurestore.spec import load_feature_set
@@ -225,16 +245,14 @@ def _print_online_sample(settings: Settings, usecase, window: tuple[str, str]) -
 
 
 def _recent_keys(settings: Settings, view, now, limit: int = 5) -> list[tuple]:
-    """A few entity keys with source events on the last day before `now` (read from the lake)."""
-    from datetime import timedelta
-
+    """A few entity keys with the latest source events up to `now` (read from the lake)."""
     import pandas as pd
 
     from pipelines.lake.tables import Lake
 
     frame = pd.read_parquet(Lake.from_settings(settings).path(view.source), columns=[*view.keys, view.event_time])
-    times = pd.to_datetime(frame[view.event_time], utc=True)
-    recent = frame[(times <= now) & (times > now - timedelta(days=1))].dropna()
+    frame = frame.assign(_t=pd.to_datetime(frame[view.event_time], utc=True)).dropna()
+    recent = frame[frame._t <= now].sort_values("_t", ascending=False, kind="stable")
     return [tuple(k) for k in recent[list(view.keys)].drop_duplicates().head(limit).itertuples(index=False)]
 
 
@@ -266,22 +284,34 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
           "promotion rules")
     trigger_and_wait(settings, "model_train", {"usecase": usecase.name})
     _print_training(settings, usecase)
+    _require_champion(settings, usecase)
     print("6. batch predictions: the champion scores the week's entities on Spark, back into the lake")
     trigger_and_wait(settings, "batch_predict", {"usecase": usecase.name, "start": window[0], "end": window[1]})
     _print_batch(settings, usecase)
     print("7. deployment: model_deploy through Airflow (package -> verify -> load beside -> golden check -> "
           "rollout: direct for a first deployment, else a canary judged on live traffic) while the API answers")
-    _demo_deploy(settings, usecase, demo_started)
-    print("8. online predictions: the prediction API (online features, Triton, intervals) for real requests")
+    _demo_deploy(settings, usecase, demo_started, window)
+    print("8. online predictions: the prediction API (online features, Triton, uncertainty) for real requests")
     from serving.demo import run_demo_requests
 
-    print(run_demo_requests(settings, usecase))
+    print(run_demo_requests(settings, usecase, clock=demo_clock(settings, window)))
     print("9. the feedback loop: the week replayed through the API on its simulated clock (features written as "
-          "they became known, outcomes 2 h after landing), then monitoring_feedback through Airflow")
-    _demo_feedback(settings, usecase, window)
+          "they became known, outcomes as they arrive), then monitoring_feedback through Airflow")
+    if "feedback" not in usecase.extra:
+        print(f"  skipped: use case '{usecase.name}' has no feedback.yaml (no outcome delays to replay, no feedback "
+              "loop)")
+    elif _is_classifier(usecase):
+        print("  skipped: the feedback loop's metrics are regression metrics today (classification: planned)")
+    else:
+        _demo_feedback(settings, usecase, window)
     print("10. drift monitoring: monitoring_drift through Airflow over the replayed week (indicators per column x "
           "segment x statistic, thresholds learned from each one's history, Evidently report, alerts, retraining)")
-    _demo_drift(settings, usecase, window)
+    if not (usecase.extra.get("monitoring") or {}).get("monitoring"):
+        print(f"  skipped: use case '{usecase.name}' has no monitoring.yaml")
+    elif "feedback" not in usecase.extra or _is_classifier(usecase):
+        print("  skipped: drift monitoring reads the replayed week's served predictions (step 9 did not run)")
+    else:
+        _demo_drift(settings, usecase, window)
     print("11. the Atelier console in Airflow's UI (Browse > Atelier): each page through the API server, signed in")
     _demo_console(settings, usecase)
     print("12. where things are")
@@ -358,39 +388,33 @@ DEMO_DEPLOY_OVERRIDES = {"canary.steps": [20, 50, 100], "canary.bake_s": 15, "ca
 
 
 @contextlib.contextmanager
-def _api_running(settings: Settings) -> Iterator[None]:
-    """The prediction API up for the block: the one already answering, else one started (and stopped) here."""
-    from serving.demo import api_spec
+def _api_running(settings: Settings, usecase: str) -> Iterator[None]:
+    """The prediction API serving ``usecase`` up for the block (``serving.demo.demo_api``)."""
+    from serving.demo import demo_api
 
-    spec = api_spec(settings)
-    supervisor = Supervisor(settings.run_dir)
     try:
-        spec.health()
-        started_here = False
-    except OSError:
-        started_here = True
-        supervisor.up(spec)
-    try:
-        yield
-    finally:
-        if started_here:
-            supervisor.down(spec)
+        with demo_api(settings, usecase):
+            yield
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
 
 
-def _demo_deploy(settings: Settings, usecase, since: str) -> None:
+def _demo_deploy(settings: Settings, usecase, since: str, window: tuple[str, str]) -> None:
     """``since``: when the demo started (ISO, UTC): its rollouts are printed."""
     import threading
     from collections import Counter
-    from datetime import UTC, datetime
 
     import httpx
 
     from pipelines.deploy.rollout import history
-    from serving.demo import real_requests
+    from serving.demo import real_requests, served_usecases
 
     headers = {"Authorization": f"Bearer {os.environ.get('ATELIER_API_TOKEN', '')}"} if settings.api.auth_required else {}
-    clock = settings.api.as_of or datetime.now(UTC)
-    rows = [e["request"] for e in real_requests(settings, usecase, 200, clock)]
+    clock = demo_clock(settings, window)
+    if clock != settings.api.as_of:
+        headers["X-Atelier-As-Of"] = clock.isoformat().replace("+00:00", "Z")
+    extra = {} if served_usecases(settings, usecase.name)[0] == usecase.name else {"usecase": usecase.name}
+    rows = [{**e["request"], **extra} for e in real_requests(settings, usecase, 200, clock)]
     if not rows:
         raise CliError(f"no real {usecase.name} events with a known outcome in the day before {clock.isoformat()}: "
                        "no traffic for the rollout")
@@ -414,19 +438,28 @@ def _demo_deploy(settings: Settings, usecase, since: str) -> None:
                 time.sleep(0.01)
 
     drill = None
-    with _api_running(settings):
+    with _api_running(settings, usecase.name):
         worker = threading.Thread(target=traffic, daemon=True)
         worker.start()
         try:
-            trigger_and_wait(settings, "model_deploy", {"usecase": usecase.name, "overrides": DEMO_DEPLOY_OVERRIDES})
+            if _is_classifier(usecase):
+                print("  a classifier's champion is deployed directly by model_deploy when it reaches production "
+                      "(canary, shadow and A/B analysis for classifiers: planned); its rollouts:")
+            else:
+                trigger_and_wait(settings, "model_deploy", {"usecase": usecase.name,
+                                                            "overrides": DEMO_DEPLOY_OVERRIDES})
             # The champion's rollouts: the one its models.production event started (a first deployment is
             # direct), then this trigger's.
             for record in reversed(history(settings, usecase.name, limit=5)):
                 if record["started_at"] >= since:
                     _print_rollout(record)
-            print("  drill: a copy of the serving version with every prediction 60 minutes late, as a canary "
-                  "under the same traffic:")
-            drill = _drill(settings, usecase.name, 60.0, DEMO_DEPLOY_OVERRIDES)
+            if _is_classifier(usecase):
+                print("  drill: skipped (the drill's biased copy shifts a regressor's predictions; for a "
+                      "classifier: planned)")
+            else:
+                print("  drill: a copy of the serving version with every prediction 60 minutes late, as a canary "
+                      "under the same traffic:")
+                drill = _drill(settings, usecase.name, 60.0, DEMO_DEPLOY_OVERRIDES)
         finally:
             stop.set()
             worker.join(30)
@@ -460,7 +493,7 @@ def _demo_feedback(settings: Settings, usecase, window: tuple[str, str]) -> None
     from serving.demo import wait_until_ready
 
     first, end = (date.fromisoformat(d) for d in window)
-    with _api_running(settings):
+    with _api_running(settings, usecase.name):
         if wait_until_ready(_api_base(settings)).status_code != 200:
             raise CliError("the prediction API is not ready: see .atelier/run/api.log")
         spark = get_spark(settings, "atelier-demo-replay")
@@ -514,8 +547,11 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
                 gate = json.loads(tags.get("atelier.gate", "{}"))
                 verdict = ("" if not gate else f"  gate {gate['rule']}: "
                            + ("passed" if gate["passed"] else "failed: " + "; ".join(gate["failing"])))
+                main = (f"auc {metrics.get('auc', float('nan')):.3f}  log_loss "
+                        f"{metrics.get('log_loss', float('nan')):.3f}" if "log_loss" in metrics
+                        else f"mae {metrics.get('mae', float('nan')):6.2f}")
                 print(f"{name} v{mv.version:<4} {tags.get('atelier.stage', '?'):<11} "
-                      f"{','.join(mv.aliases or []) or '-':<11} mae {metrics.get('mae', float('nan')):6.2f}  "
+                      f"{','.join(mv.aliases or []) or '-':<11} {main}  "
                       f"coverage_90 {metrics.get('coverage_90', float('nan')):.3f}{verdict}")
         elif args.action == "retrain":
             from plugins.assets import retrain_request
@@ -580,6 +616,18 @@ def _print_training(settings: Settings, usecase) -> None:
         print(f"  training report: {latest[-1]}")
     print(f"  in MLflow: {settings.mlflow.tracking_uri}/#/experiments/{experiment.experiment_id}/runs/"
           f"{runs[0].info.run_id} (artifacts: atelier/report/report.html)")
+
+
+def _require_champion(settings: Settings, usecase) -> None:
+    """The steps after training score and serve the champion: stop with the reason when there is none."""
+    from pipelines.models.registry import ModelNotFound, resolve_version
+
+    try:
+        resolve_version(settings, usecase.name, alias="champion")
+    except ModelNotFound:
+        raise CliError(f"no champion of '{usecase.name}': no version has passed the promotion rules "
+                       f"({usecase.path / 'rules.yaml'}; the gate's verdicts are listed above), and batch "
+                       "scoring, deployment and the online API need one") from None
 
 
 def _print_batch(settings: Settings, usecase) -> None:
